@@ -1,0 +1,150 @@
+"""``Settings``: every ``ACETRACK_*`` variable of DESIGN.md §6, typed and validated.
+
+Built only at the edge (the CLI, the worker factory); everything below gets plain values.
+Lists in the environment are comma-separated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SECRETS_DIR = "/run/secrets"
+SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+EVENT_TYPES = frozenset({"task.succeeded", "task.failed", "task.progress", "clip.succeeded"})
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def parse_redis_url(url: str) -> str:
+    """Check a Redis URL's scheme and host; return it unchanged.
+
+    ``RedisDsn`` rejects Sentinel URLs, so this small parser stands in for it.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError(f"redis url {url!r} must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+    if parts.scheme != "unix" and not parts.netloc:
+        raise ValueError(f"redis url {url!r} has no host; write e.g. redis://localhost:6379/0")
+    if parts.scheme == "redis+sentinel" and len(parts.path.strip("/")) == 0:
+        raise ValueError(f"sentinel url {url!r} needs a service name: redis+sentinel://host:26379/mymaster")
+    return url
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _secrets_dir() -> str | None:
+    # pydantic-settings warns when secrets_dir is missing; pass it only where compose mounts it.
+    return SECRETS_DIR if os.path.isdir(SECRETS_DIR) else None
+
+
+class Settings(BaseSettings):
+    """All of acetrack's settings; env prefix ``ACETRACK_``."""
+
+    model_config = SettingsConfigDict(env_prefix="ACETRACK_", secrets_dir=_secrets_dir(), extra="ignore")
+
+    redis_url: str | None = None
+    api_base_url: str = "https://api.acedata.cloud"
+    api_token: SecretStr | None = None
+    api_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    services: CommaList = Field(default_factory=list)
+    key_prefix: str = "acetrack"
+    batch_size: int = Field(50, ge=1, le=500)
+    first_poll_s: float = Field(3.0, ge=0)
+    poll_s: float = Field(3.0, gt=0)
+    max_poll_s: float = Field(60.0, gt=0)
+    coalesce_s: float = Field(1.0, ge=0)
+    deadline_s: float = Field(1800.0, ge=1, le=604800)
+    not_found_grace_s: float = Field(60.0, ge=0)
+    rate_limit_rps: float = Field(50.0, gt=0)
+    lease_s: float = Field(30.0, gt=0)
+    retention_s: float = Field(7 * 24 * 3600.0, gt=0)
+    events_maxlen: int = Field(100_000, ge=100)
+    hooks: CommaList = Field(default_factory=list)
+    hook_events: CommaList = Field(default_factory=lambda: ["task.succeeded", "task.failed"])
+    webhook_urls: CommaList = Field(default_factory=list)
+    webhook_secret: SecretStr | None = None
+    webhook_schedule_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    webhook_allow_hosts: CommaList = Field(default_factory=list)
+    webhook_events: CommaList = Field(default_factory=lambda: ["task.succeeded", "task.failed"])
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(8080, ge=0, le=65535)
+    http_token: SecretStr | None = None
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    _csv = field_validator(
+        "services",
+        "hooks",
+        "hook_events",
+        "webhook_urls",
+        "webhook_allow_hosts",
+        "webhook_events",
+        "webhook_schedule_s",
+        mode="before",
+    )(_split_csv)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        return None if value is None or value == "" else parse_redis_url(value)
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _parse_tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as e:
+                raise ValueError('api_tokens must be a JSON object like {"name": "token"}') from e
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _check_services(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not SERVICE_RE.match(s)]
+        if bad:
+            raise ValueError(f"service names {bad!r} must match {SERVICE_RE.pattern}")
+        return value
+
+    @field_validator("hook_events", "webhook_events")
+    @classmethod
+    def _check_events(cls, value: list[str]) -> list[str]:
+        bad = sorted(set(value) - EVENT_TYPES)
+        if bad:
+            raise ValueError(f"unknown event types {bad!r}; choose from {sorted(EVENT_TYPES)}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"log level {value!r} must be one of DEBUG, INFO, WARNING, ERROR")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _check_cadence(self) -> Settings:
+        if self.max_poll_s < self.poll_s:
+            raise ValueError(f"max_poll_s ({self.max_poll_s}) must be at least poll_s ({self.poll_s})")
+        return self
+
+    def tokens(self) -> dict[str, str]:
+        """Configured API tokens by name; ``default`` is ``api_token``."""
+        named = {name: secret.get_secret_value() for name, secret in self.api_tokens.items()}
+        if self.api_token is not None:
+            named["default"] = self.api_token.get_secret_value()
+        return named

@@ -1,0 +1,293 @@
+"""Completion rules and polling maths (DESIGN.md §1, §3). Pure: no I/O, no asyncio.
+
+``decide`` takes what the upstream said about one task, the stored record and ``now_ms``, and
+returns a ``Decision``: the new record, the events to emit and when to poll next.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from worker.models import (
+    ACTIVE_CLIP_STATES,
+    Clip,
+    ClipState,
+    EventType,
+    Reason,
+    Record,
+    TaskState,
+    UpstreamItem,
+    UpstreamTask,
+)
+
+SUCCESS_WORDS = frozenset({"succeeded", "succeed", "success", "completed", "complete", "done", "finished"})
+FAILURE_WORDS = frozenset({"error", "failed", "failure", "cancelled", "canceled", "rejected"})
+PENDING_WORDS = frozenset({"pending", "queued", "queue", "submitted", ""})
+RUNNING_WORDS = frozenset({"running", "processing", "streaming"})
+#: hosts that serve a streaming preview while a clip is still being generated
+PREVIEW_HOSTS = frozenset({"audiopipe.suno.ai"})
+#: until enough tasks of a service have finished, assume this lifetime before slowing down
+DEFAULT_USUAL_LIFETIME_S = 300.0
+MIN_LIFETIME_SAMPLES = 5
+GROWTH = 1.5
+
+Rng = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The cadence settings, in seconds (DESIGN.md §3)."""
+
+    poll_s: float = 3.0
+    max_poll_s: float = 60.0
+    not_found_grace_s: float = 60.0
+
+
+@dataclass
+class Decision:
+    """What one poll of one task leads to."""
+
+    record: Record
+    events: list[EventType] = field(default_factory=list)
+    next_poll_ms: int | None = None
+    missing_since_ms: int | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """True when this decision finishes the task."""
+        return self.record.terminal
+
+
+def _is_http_url(url: str | None) -> bool:
+    return url is not None and urlsplit(url).scheme in ("http", "https")
+
+
+def is_preview_url(url: str | None) -> bool:
+    """True for a streaming-preview URL, which never means the clip is done."""
+    return _is_http_url(url) and (urlsplit(url or "").hostname or "").lower() in PREVIEW_HOSTS
+
+
+def _final_urls(item: UpstreamItem) -> list[str]:
+    urls = [item.audio_url, item.video_url, *item.other_urls]
+    # image_url alone marks an image task's artifact, but a cover image never finishes a song
+    if item.audio_url is None and item.video_url is None:
+        urls.append(item.image_url)
+    return [u for u in urls if u and _is_http_url(u) and not is_preview_url(u)]
+
+
+def has_final_artifact(item: UpstreamItem) -> bool:
+    """True when the item carries a finished http(s) artifact (not a preview)."""
+    return bool(_final_urls(item))
+
+
+def item_state(item: UpstreamItem) -> ClipState:
+    """Normalise an item's state word, or infer it from its URLs when it has none."""
+    word = item.word
+    if word in SUCCESS_WORDS:
+        return ClipState.SUCCEEDED
+    if word in FAILURE_WORDS:
+        return ClipState.FAILED
+    if word in RUNNING_WORDS:
+        return ClipState.RUNNING
+    if word in PENDING_WORDS and word != "":
+        return ClipState.PENDING
+    if has_final_artifact(item):
+        return ClipState.SUCCEEDED
+    if any(is_preview_url(u) for u in (item.audio_url, item.video_url)):
+        return ClipState.RUNNING
+    return ClipState.PENDING
+
+
+def normalise_progress(value: Any) -> int | None:
+    """``"45%"``, ``45`` and ``0.45`` all give 45; anything unreadable gives None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().rstrip("%").strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+    elif isinstance(value, int | float):
+        number = float(value)
+        if isinstance(value, float) and 0.0 <= number <= 1.0:
+            number *= 100
+    else:
+        return None
+    return None if not math.isfinite(number) else max(0, min(100, round(number)))
+
+
+def to_clip(item: UpstreamItem) -> Clip:
+    """The stored form of one item."""
+    state = item_state(item)
+    audio = item.audio_url if state is ClipState.SUCCEEDED or not is_preview_url(item.audio_url) else None
+    return Clip(
+        id=item.id,
+        title=item.title,
+        state=state,
+        audio_url=audio,
+        video_url=item.video_url if not is_preview_url(item.video_url) else None,
+        image_url=item.image_url,
+        duration_s=item.duration_s,
+        error=item.error if state is ClipState.FAILED else None,
+    )
+
+
+def _item_done(item: UpstreamItem, state: ClipState) -> bool:
+    # lyrics-style items finish with text and a success word, no URL
+    return has_final_artifact(item) or (state is ClipState.SUCCEEDED and item.text is not None)
+
+
+def is_terminal(task: UpstreamTask) -> bool:
+    """DESIGN.md §1: nothing active, and finished_at, or all items done, or an explicit failure."""
+    states = [item_state(i) for i in task.items]
+    if any(s in ACTIVE_CLIP_STATES for s in states):
+        return False
+    if task.finished_at is not None:
+        return True
+    if task.items and all(_item_done(i, s) for i, s in zip(task.items, states, strict=True)):
+        return True
+    return task.success is False and task.error is not None
+
+
+def task_progress(clips: Sequence[Clip], items: Sequence[UpstreamItem]) -> int | None:
+    """Mean of the items' reported progress (done items count 100); None when nothing reports."""
+    reported = [normalise_progress(i.progress) for i in items]
+    if not any(p is not None for p in reported):
+        return None
+    values = [100 if c.state is ClipState.SUCCEEDED else (p or 0) for c, p in zip(clips, reported, strict=True)]
+    return round(sum(values) / len(values))
+
+
+def _clip_error(clips: Sequence[Clip]) -> dict[str, str | None] | None:
+    messages = [c.error for c in clips if c.state is ClipState.FAILED and c.error]
+    return {"code": "clip_failed", "message": "; ".join(messages)} if messages else None
+
+
+def _finish(record: Record, task: UpstreamTask, now_ms: int) -> Record:
+    succeeded = any(c.state is ClipState.SUCCEEDED for c in record.clips)
+    final = replace(
+        record,
+        finished_at_ms=now_ms,
+        upstream_finished_at=task.finished_at,
+        response=task.raw,
+    )
+    if succeeded:
+        final.state = TaskState.SUCCEEDED
+        final.partial = any(c.state is not ClipState.SUCCEEDED for c in record.clips)
+        final.progress = 100
+        return final
+    final.state, final.reason, final.partial = TaskState.FAILED, Reason.UPSTREAM_ERROR, False
+    final.error = task.error or _clip_error(record.clips) or {"code": "no_output", "message": "no item succeeded"}
+    return final
+
+
+def fail(record: Record, reason: Reason, now_ms: int, error: dict[str, str | None] | None = None) -> Record:
+    """A copy of ``record`` failed for ``reason`` (clips kept as last seen)."""
+    return replace(
+        record,
+        state=TaskState.FAILED,
+        reason=reason,
+        partial=any(c.state is ClipState.SUCCEEDED for c in record.clips),
+        error=error,
+        finished_at_ms=now_ms,
+        updated_at_ms=now_ms,
+    )
+
+
+def _new_clip_events(before: Sequence[Clip], after: Sequence[Clip]) -> list[EventType]:
+    done_before = {c.id for c in before if c.state is ClipState.SUCCEEDED}
+    fresh = [c for c in after if c.state is ClipState.SUCCEEDED and c.id not in done_before]
+    return [EventType.CLIP_SUCCEEDED] * len(fresh)
+
+
+def observe(task: UpstreamTask, record: Record, now_ms: int) -> Decision:
+    """Apply one upstream observation to a pending record (no scheduling yet)."""
+    clips = [to_clip(i) for i in task.items]
+    updated = replace(
+        record,
+        clips=clips,
+        progress=task_progress(clips, task.items),
+        attempts=record.attempts + 1,
+        updated_at_ms=now_ms,
+    )
+    events = _new_clip_events(record.clips, clips)
+    if is_terminal(task):
+        updated = _finish(updated, task, now_ms)
+        terminal_event = EventType.TASK_SUCCEEDED if updated.state is TaskState.SUCCEEDED else EventType.TASK_FAILED
+        return Decision(updated, [*events, terminal_event])
+    if updated.progress is not None and updated.progress != record.progress:
+        events.append(EventType.TASK_PROGRESS)
+    return Decision(updated, events)
+
+
+def decide(
+    task: UpstreamTask | None,
+    record: Record,
+    now_ms: int,
+    *,
+    deadline_at_ms: int,
+    missing_since_ms: int | None,
+    policy: Policy,
+    usual_lifetime_s: float,
+    rng: Rng = random.random,
+) -> Decision:
+    """Everything one poll of one task leads to, including the deadline and not-found rules."""
+    if task is None:
+        decision = _missing(record, now_ms, missing_since_ms, policy)
+    else:
+        decision = observe(task, record, now_ms)
+    if not decision.terminal and now_ms >= deadline_at_ms:
+        failed = fail(decision.record, Reason.DEADLINE, now_ms, {"code": "deadline", "message": "deadline passed"})
+        return Decision(failed, [*decision.events, EventType.TASK_FAILED])
+    if not decision.terminal:
+        age_s = (now_ms - record.enqueued_at_ms) / 1000
+        delay_s = next_poll_delay_s(age_s, usual_lifetime_s, policy, rng)
+        decision.next_poll_ms = min(now_ms + int(delay_s * 1000), deadline_at_ms)
+    return decision
+
+
+def _missing(record: Record, now_ms: int, missing_since_ms: int | None, policy: Policy) -> Decision:
+    since_ms = now_ms if missing_since_ms is None else missing_since_ms
+    counted = replace(record, attempts=record.attempts + 1, updated_at_ms=now_ms)
+    if now_ms - since_ms >= policy.not_found_grace_s * 1000:
+        error: dict[str, str | None] = {"code": "not_found", "message": f"task {record.id!r} unknown upstream"}
+        return Decision(fail(counted, Reason.NOT_FOUND, now_ms, error), [EventType.TASK_FAILED])
+    return Decision(counted, missing_since_ms=since_ms)
+
+
+def next_poll_delay_s(age_s: float, usual_lifetime_s: float, policy: Policy, rng: Rng = random.random) -> float:
+    """Every ``poll_s`` while young; past the usual lifetime, ×1.5 per poll_s overdue, full jitter, capped.
+
+    The jitter spreads late tasks over ``[poll_s, cap]`` so slow ones don't poll in lockstep.
+    """
+    overdue_s = age_s - usual_lifetime_s
+    if overdue_s <= 0:
+        return policy.poll_s
+    steps = overdue_s / policy.poll_s
+    cap_s = min(policy.max_poll_s, policy.poll_s * math.pow(GROWTH, min(steps, 64.0)))
+    jitter: float = rng()
+    return policy.poll_s + jitter * (cap_s - policy.poll_s)
+
+
+def usual_lifetime_s(samples_s: Sequence[float], default_s: float = DEFAULT_USUAL_LIFETIME_S) -> float:
+    """The 90th percentile of recent lifetimes of one service; ``default_s`` until there are enough."""
+    if len(samples_s) < MIN_LIFETIME_SAMPLES:
+        return default_s
+    ordered = sorted(samples_s)
+    return float(ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)])
+
+
+def backoff_s(
+    failures: int, base_s: float, cap_s: float, retry_after_s: float | None, rng: Rng = random.random
+) -> float:
+    """Service-wide back-off after a 429/5xx: the server's Retry-After if given, else exponential with jitter."""
+    if retry_after_s is not None:
+        return min(max(retry_after_s, 0.0), cap_s * 10)
+    ceiling = min(cap_s, base_s * math.pow(2.0, min(failures, 32)))
+    return ceiling / 2 + rng() * ceiling / 2

@@ -1,0 +1,259 @@
+"""Pure data: states, the upstream task as parsed from the wire, and the stored record.
+
+This module owns the upstream wire format (``UpstreamTask.from_wire``) and the record's
+shape (``Record``). It does no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from worker.errors import UpstreamUnavailable
+
+RECORD_VERSION = 1
+
+
+class TaskState(StrEnum):
+    """A tracked task's state."""
+
+    #: enqueued and still being polled
+    PENDING = "pending"
+    #: terminal, with at least one succeeded clip
+    SUCCEEDED = "succeeded"
+    #: terminal, with no succeeded clip (see ``Reason``)
+    FAILED = "failed"
+
+
+TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED})
+
+
+class ClipState(StrEnum):
+    """One output item's ("clip's") state, normalised from the upstream's many words."""
+
+    #: nothing produced yet
+    PENDING = "pending"
+    #: in progress, perhaps with a streaming preview
+    RUNNING = "running"
+    #: has its final artifact
+    SUCCEEDED = "succeeded"
+    #: the upstream gave up on this item
+    FAILED = "failed"
+
+
+ACTIVE_CLIP_STATES = frozenset({ClipState.PENDING, ClipState.RUNNING})
+
+
+class Reason(StrEnum):
+    """Why a task failed."""
+
+    #: terminal upstream with no succeeded item
+    UPSTREAM_ERROR = "upstream_error"
+    #: still not finished when its deadline passed
+    DEADLINE = "deadline"
+    #: unknown upstream for longer than the not-found grace
+    NOT_FOUND = "not_found"
+    #: cancelled by a user
+    CANCELLED = "cancelled"
+    #: the upstream rejected this id on its own (400)
+    REJECTED = "rejected"
+    #: the upstream has no such service (404 no_api)
+    UNKNOWN_SERVICE = "unknown_service"
+
+
+class EventType(StrEnum):
+    """Types of entries in the events stream."""
+
+    TASK_SUCCEEDED = "task.succeeded"
+    TASK_FAILED = "task.failed"
+    TASK_PROGRESS = "task.progress"
+    CLIP_SUCCEEDED = "clip.succeeded"
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _as_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value != "" else None
+
+
+def error_of(value: Any) -> dict[str, str | None] | None:
+    """Normalise an upstream ``error`` (an object or a plain string) to ``{code, message}``."""
+    if isinstance(value, dict):
+        code, message = value.get("code"), value.get("message")
+        return {"code": str(code) if code is not None else None, "message": str(message) if message else None}
+    if isinstance(value, str) and value:
+        return {"code": None, "message": value}
+    return None
+
+
+@dataclass(frozen=True)
+class UpstreamItem:
+    """One element of ``response.data``, as sent (before any state is inferred)."""
+
+    id: str | None
+    title: str | None
+    word: str | None
+    audio_url: str | None
+    video_url: str | None
+    image_url: str | None
+    other_urls: tuple[str, ...]
+    text: str | None
+    duration_s: float | None
+    progress: Any
+    error: str | None
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> UpstreamItem:
+        """Read one item; tolerant of missing keys and string numbers."""
+        word = raw.get("state", raw.get("status"))
+        err = error_of(raw.get("error")) or error_of(raw.get("error_message"))
+        return cls(
+            id=_as_str(raw.get("id")),
+            title=_as_str(raw.get("title")),
+            word=word.strip().lower() if isinstance(word, str) else None,
+            audio_url=_as_str(raw.get("audio_url")),
+            video_url=_as_str(raw.get("video_url")),
+            image_url=_as_str(raw.get("image_url")),
+            other_urls=tuple(u for u in (_as_str(raw.get("file_url")), _as_str(raw.get("url"))) if u),
+            text=_as_str(raw.get("text")) or _as_str(raw.get("lyric")),
+            duration_s=_as_float(raw.get("duration")),
+            progress=raw.get("progress"),
+            error=err["message"] or err["code"] if err else None,
+        )
+
+
+@dataclass(frozen=True)
+class UpstreamTask:
+    """One task record from the Tasks API. There is no top-level state on the wire."""
+
+    id: str
+    finished_at: float | None
+    success: bool | None
+    error: dict[str, str | None] | None
+    items: tuple[UpstreamItem, ...]
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> UpstreamTask | None:
+        """Parse a record; ``{}`` (unknown id) gives None.
+
+        Raises:
+            UpstreamUnavailable: the record is not an object or has no id; a broken answer is
+                treated like an outage (retry later), never as a verdict on the task.
+        """
+        if not isinstance(raw, dict):
+            raise UpstreamUnavailable(f"task record is {type(raw).__name__}, expected an object")
+        if not raw:
+            return None
+        response_raw = raw.get("response")
+        response: dict[str, Any] = response_raw if isinstance(response_raw, dict) else {}
+        task_id = _as_str(raw.get("id")) or _as_str(response.get("task_id"))
+        if task_id is None:
+            raise UpstreamUnavailable("task record has no id or response.task_id")
+        data = response.get("data")
+        entries = [data] if isinstance(data, dict) else data if isinstance(data, list) else []
+        success = response.get("success")
+        return cls(
+            id=task_id,
+            finished_at=_as_float(raw.get("finished_at")),
+            success=success if isinstance(success, bool) else None,
+            error=error_of(response.get("error")) or error_of(raw.get("error")),
+            items=tuple(UpstreamItem.from_wire(e) for e in entries if isinstance(e, dict)),
+            raw=raw,
+        )
+
+
+@dataclass
+class Clip:
+    """One output item as acetrack stores it."""
+
+    id: str | None
+    title: str | None
+    state: ClipState
+    audio_url: str | None = None
+    video_url: str | None = None
+    image_url: str | None = None
+    duration_s: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Clip:
+        """Inverse of ``to_dict``."""
+        return cls(**{**data, "state": ClipState(data["state"])})
+
+
+@dataclass
+class Record:
+    """The stored record of DESIGN.md §2. Every field is always present (None until it applies)."""
+
+    service: str
+    id: str
+    state: TaskState = TaskState.PENDING
+    reason: Reason | None = None
+    partial: bool | None = None
+    progress: int | None = None
+    clips: list[Clip] = field(default_factory=list)
+    error: dict[str, str | None] | None = None
+    attempts: int = 0
+    enqueued_at_ms: int = 0
+    updated_at_ms: int = 0
+    finished_at_ms: int | None = None
+    upstream_finished_at: float | None = None
+    callback_url: str | None = None
+    token: str = "default"
+    meta: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None
+    v: int = RECORD_VERSION
+
+    @property
+    def terminal(self) -> bool:
+        """True once the task succeeded or failed."""
+        return self.state in TERMINAL_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public JSON form, field order as documented."""
+        return {
+            "v": self.v,
+            "service": self.service,
+            "id": self.id,
+            "state": self.state.value,
+            "reason": self.reason.value if self.reason else None,
+            "partial": self.partial,
+            "progress": self.progress,
+            "clips": [c.to_dict() for c in self.clips],
+            "error": self.error,
+            "attempts": self.attempts,
+            "enqueued_at_ms": self.enqueued_at_ms,
+            "updated_at_ms": self.updated_at_ms,
+            "finished_at_ms": self.finished_at_ms,
+            "upstream_finished_at": self.upstream_finished_at,
+            "callback_url": self.callback_url,
+            "token": self.token,
+            "meta": self.meta,
+            "response": self.response,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        """Inverse of ``to_dict``; tolerant of fields added by later versions."""
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        known["state"] = TaskState(known.get("state", "pending"))
+        known["reason"] = Reason(known["reason"]) if known.get("reason") else None
+        known["clips"] = [Clip.from_dict(c) for c in known.get("clips") or []]
+        return cls(**known)

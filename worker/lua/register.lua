@@ -1,0 +1,25 @@
+-- Register a task once: a second enqueue of (service, id) keeps the first record, unless
+-- `reopen` asks to restart a finished task. Optionally acks and deletes the intake entry in
+-- the same step, so an entry is never both registered and left for another worker.
+-- KEYS: 1 task, 2 due zset, 3 queues set, 4 services set, 5 idx pending, 6 idx succeeded,
+--       7 idx failed, 8 intake stream
+-- ARGV: 1 record json, 2 deadline_at_ms, 3 due_ms, 4 queue member, 5 service, 6 id,
+--       7 now_ms, 8 reopen (0/1), 9 intake group, 10 intake entry id ('' for none)
+local state = redis.call('HGET', KEYS[1], 'state')
+local created = 0
+if (not state) or (ARGV[8] == '1' and state ~= 'pending') then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'record', ARGV[1], 'state', 'pending', 'deadline_at_ms', ARGV[2])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
+  redis.call('SADD', KEYS[3], ARGV[4])
+  redis.call('SADD', KEYS[4], ARGV[5])
+  redis.call('ZREM', KEYS[6], ARGV[6])
+  redis.call('ZREM', KEYS[7], ARGV[6])
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6])
+  created = 1
+end
+if ARGV[10] ~= '' then
+  redis.call('XACK', KEYS[8], ARGV[9], ARGV[10])
+  redis.call('XDEL', KEYS[8], ARGV[10])
+end
+return {created, redis.call('HGET', KEYS[1], 'record')}

@@ -1,0 +1,475 @@
+"""The Redis schema: every key, TTL and Lua script of acetrack lives here (DESIGN.md §2).
+
+``Store(redis)`` takes a ready ``redis.asyncio.Redis`` built with ``decode_responses=True``.
+Methods take ``now_ms`` from the caller; scripts never read Redis ``TIME``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError, ResponseError
+
+from worker.errors import StoreError
+from worker.intake import EnqueueRequest
+from worker.models import TERMINAL_STATES, Record, TaskState
+
+logger = logging.getLogger(__name__)
+
+INTAKE_GROUP = "acetrack-workers"
+#: how long an intake entry may sit unacknowledged with a dead consumer before another takes it
+INTAKE_RECLAIM_MS = 30_000
+#: how long a dispatcher holds outbox entries while it hands them to the job queue
+OUTBOX_LEASE_MS = 30_000
+#: finished poll-time samples kept per service for learning its usual lifetime
+LIFETIME_SAMPLES = 200
+#: a service's back-off failure count is forgotten after an hour without failures
+BACKOFF_MEMORY_MS = 3_600_000
+SCRIPTS = ("register", "claim", "spend", "update", "finish", "release", "take_outbox")
+EMITTING_SCRIPTS = frozenset({"update", "finish"})
+
+
+@dataclass(frozen=True)
+class OutEvent:
+    """One event to append to the events stream, with the hook deliveries it triggers."""
+
+    fields: dict[str, str]
+    deliveries: list[tuple[str, str]]  # (delivery id, delivery body json)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON shape ``_events.lua`` reads (ordered field pairs)."""
+        return {
+            "fields": [[k, v] for k, v in self.fields.items()],
+            "deliveries": [{"id": d_id, "body": body} for d_id, body in self.deliveries],
+        }
+
+
+@dataclass(frozen=True)
+class PendingTask:
+    """A pending task as one poll needs it: the record plus the internal scheduling fields."""
+
+    record: Record
+    deadline_at_ms: int
+    missing_since_ms: int | None
+
+
+def _load_script(name: str) -> str:
+    text = resources.files("worker").joinpath(f"lua/{name}.lua").read_text()
+    if name in EMITTING_SCRIPTS:
+        text = resources.files("worker").joinpath("lua/_events.lua").read_text() + "\n" + text
+    return text
+
+
+@asynccontextmanager
+async def translate_errors(what: str) -> AsyncIterator[None]:
+    """Turn redis-py errors into ``StoreError`` naming the operation."""
+    try:
+        yield
+    except RedisError as e:
+        raise StoreError(f"redis failed during {what}: {e}; check ACETRACK_REDIS_URL and that Redis is up") from e
+
+
+def _events_json(events: Iterable[OutEvent]) -> str:
+    return json.dumps([e.to_payload() for e in events], separators=(",", ":"))
+
+
+class Store:
+    """Atomic reads and writes of acetrack's Redis schema.
+
+    Args:
+        redis: a ready client with ``decode_responses=True``.
+        prefix: the key prefix (``ACETRACK_KEY_PREFIX``).
+        retention_s: how long finished records, rejects and dead letters are kept.
+        events_maxlen: approximate cap of the events stream.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str = "acetrack",
+        *,
+        retention_s: float = 604800.0,
+        events_maxlen: int = 100_000,
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.retention_ms = int(retention_s * 1000)
+        self.events_maxlen = events_maxlen
+        self._scripts: dict[str, AsyncScript] = {n: redis.register_script(_load_script(n)) for n in SCRIPTS}
+
+    # -- key builders: the only place key names are formatted --------------------------------
+    def task_key(self, service: str, task_id: str) -> str:
+        return f"{self.prefix}:task:{service}:{task_id}"
+
+    def task_prefix(self, service: str) -> str:
+        return f"{self.prefix}:task:{service}:"
+
+    def due_key(self, service: str, token: str) -> str:
+        return f"{self.prefix}:due:{service}:{token}"
+
+    def index_key(self, service: str, state: TaskState | str) -> str:
+        return f"{self.prefix}:idx:{service}:{TaskState(state).value}"
+
+    def backoff_key(self, service: str, token: str) -> str:
+        return f"{self.prefix}:backoff:{service}:{token}"
+
+    def paused_key(self, token: str) -> str:
+        return f"{self.prefix}:paused:{token}"
+
+    def rate_key(self, token: str) -> str:
+        return f"{self.prefix}:rate:{token}"
+
+    def lifetimes_key(self, service: str) -> str:
+        return f"{self.prefix}:lifetimes:{service}"
+
+    def delivery_prefix(self) -> str:
+        return f"{self.prefix}:delivery:"
+
+    def worker_key(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    @property
+    def intake_key(self) -> str:
+        return f"{self.prefix}:intake"
+
+    @property
+    def rejected_key(self) -> str:
+        return f"{self.prefix}:intake:rejected"
+
+    @property
+    def events_key(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def outbox_key(self) -> str:
+        return f"{self.prefix}:outbox"
+
+    @property
+    def dead_key(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def queues_key(self) -> str:
+        return f"{self.prefix}:queues"
+
+    @property
+    def services_key(self) -> str:
+        return f"{self.prefix}:services"
+
+    # -- registration ---------------------------------------------------------------------
+    async def register(
+        self, req: EnqueueRequest, now_ms: int, *, deadline_s: float, first_poll_s: float, intake_entry: str = ""
+    ) -> tuple[bool, Record]:
+        """Start tracking ``req`` unless it is tracked already; returns (created, stored record)."""
+        record = Record(
+            service=req.service,
+            id=req.id,
+            enqueued_at_ms=now_ms,
+            updated_at_ms=now_ms,
+            callback_url=req.callback_url,
+            token=req.token,
+            meta=req.meta,
+        )
+        deadline_at_ms = now_ms + int((req.deadline_s or deadline_s) * 1000)
+        keys = [
+            self.task_key(req.service, req.id),
+            self.due_key(req.service, req.token),
+            self.queues_key,
+            self.services_key,
+            self.index_key(req.service, TaskState.PENDING),
+            self.index_key(req.service, TaskState.SUCCEEDED),
+            self.index_key(req.service, TaskState.FAILED),
+            self.intake_key,
+        ]
+        args: list[Any] = [
+            json.dumps(record.to_dict()),
+            deadline_at_ms,
+            now_ms + int(first_poll_s * 1000),
+            f"{req.service}:{req.token}",
+            req.service,
+            req.id,
+            now_ms,
+            int(req.reopen),
+            INTAKE_GROUP,
+            intake_entry,
+        ]
+        async with translate_errors(f"register of {req.service}/{req.id}"):
+            created, stored = await self._scripts["register"](keys=keys, args=args)
+        return bool(created), Record.from_dict(json.loads(stored))
+
+    async def get(self, service: str, task_id: str) -> Record | None:
+        """The stored record, or None if acetrack does not know the task."""
+        async with translate_errors(f"get of {service}/{task_id}"):
+            raw = await self.redis.hget(self.task_key(service, task_id), "record")  # type: ignore[misc]
+        return Record.from_dict(json.loads(raw)) if raw else None
+
+    async def get_many(self, pairs: Iterable[tuple[str, str]]) -> list[Record | None]:
+        """Records for many (service, id) pairs, in order, in one round trip."""
+        pairs = list(pairs)
+        async with translate_errors("lookup"), self.redis.pipeline(transaction=False) as pipe:
+            for service, task_id in pairs:
+                pipe.hget(self.task_key(service, task_id), "record")
+            raws = await pipe.execute()
+        return [Record.from_dict(json.loads(r)) if r else None for r in raws]
+
+    # -- intake stream ---------------------------------------------------------------------
+    async def ensure_intake_group(self) -> None:
+        """Create the intake consumer group (and the stream) if missing."""
+        try:
+            await self.redis.xgroup_create(self.intake_key, INTAKE_GROUP, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def read_intake(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        """New intake entries for this consumer; blocks up to ``block_ms`` when there are none."""
+        reply = await self.redis.xreadgroup(
+            INTAKE_GROUP, consumer, {self.intake_key: ">"}, count=count, block=block_ms or None
+        )
+        return [(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
+
+    async def reclaim_intake(self, consumer: str, count: int) -> list[tuple[str, dict[str, str]]]:
+        """Entries a dead consumer read but never acknowledged, taken over by ``consumer``."""
+        reply = await self.redis.xautoclaim(
+            self.intake_key, INTAKE_GROUP, consumer, INTAKE_RECLAIM_MS, start_id="0-0", count=count
+        )
+        return [(entry_id, fields) for entry_id, fields in reply[1] if fields]
+
+    async def reject_intake(self, entry_id: str, fields: Mapping[str, str], reason: str, now_ms: int) -> None:
+        """Move a bad intake entry to the rejected stream with its reason, atomically."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            entry: dict[Any, Any] = {**fields, "reason": reason, "rejected_at_ms": str(now_ms)}
+            pipe.xadd(self.rejected_key, entry)
+            pipe.xtrim(self.rejected_key, minid=f"{max(0, now_ms - self.retention_ms)}-0", approximate=True)
+            pipe.xack(self.intake_key, INTAKE_GROUP, entry_id)
+            pipe.xdel(self.intake_key, entry_id)
+            await pipe.execute()
+
+    # -- claims and polls -----------------------------------------------------------------------
+    async def queues(self) -> list[tuple[str, str]]:
+        """Every (service, token) pair that has ever had a task."""
+        members: set[str] = await self.redis.smembers(self.queues_key)  # type: ignore[misc]
+        pairs = (m.split(":", 1) for m in members)
+        return sorted((service, token) for service, token in pairs)
+
+    async def claim(
+        self, service: str, token: str, now_ms: int, *, batch: int, coalesce_ms: int, lease_ms: int, rate_rps: float
+    ) -> tuple[str, list[str]] | int:
+        """Claim a batch of due ids: returns (claim id, ids), or the ms to wait (-1: nothing due)."""
+        claim_id = uuid.uuid4().hex
+        emission_ms = 1000.0 / rate_rps
+        keys = [
+            self.due_key(service, token),
+            self.backoff_key(service, token),
+            self.paused_key(token),
+            self.rate_key(token),
+        ]
+        args: list[Any] = [
+            now_ms,
+            coalesce_ms,
+            lease_ms,
+            batch,
+            claim_id,
+            emission_ms,
+            max(emission_ms, 1000.0) - emission_ms,
+            self.task_prefix(service),
+        ]
+        reply = await self._scripts["claim"](keys=keys, args=args)
+        if int(reply[0]) == 0:
+            return int(reply[1])
+        return claim_id, [str(i) for i in reply[1:]]
+
+    async def spend(self, token: str, now_ms: int, rate_rps: float) -> int:
+        """Spend one extra request of the token's budget; 0 when spent, else ms to wait."""
+        emission_ms = 1000.0 / rate_rps
+        args: list[Any] = [now_ms, emission_ms, max(emission_ms, 1000.0) - emission_ms]
+        return int(await self._scripts["spend"](keys=[self.rate_key(token)], args=args))
+
+    async def load_pending(self, service: str, ids: Iterable[str]) -> dict[str, PendingTask]:
+        """The still-pending tasks among ``ids`` with their scheduling fields."""
+        ids = list(ids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hmget(self.task_key(service, task_id), ["record", "state", "deadline_at_ms", "missing_since_ms"])
+            rows = await pipe.execute()
+        out: dict[str, PendingTask] = {}
+        for task_id, (raw, state, deadline, missing) in zip(ids, rows, strict=True):
+            if raw and state == TaskState.PENDING.value:
+                out[task_id] = PendingTask(
+                    Record.from_dict(json.loads(raw)), int(deadline), int(missing) if missing else None
+                )
+        return out
+
+    async def update(
+        self,
+        record: Record,
+        claim_id: str,
+        now_ms: int,
+        *,
+        next_due_ms: int,
+        missing_since_ms: int | None,
+        events: list[OutEvent],
+    ) -> bool:
+        """Store a pending observation and reschedule it; False if the claim was lost or it finished."""
+        keys = [
+            self.task_key(record.service, record.id),
+            self.due_key(record.service, record.token),
+            self.events_key,
+            self.outbox_key,
+            self.index_key(record.service, TaskState.PENDING),
+        ]
+        args: list[Any] = [
+            claim_id,
+            json.dumps(record.to_dict()),
+            next_due_ms,
+            "" if missing_since_ms is None else missing_since_ms,
+            record.id,
+            now_ms,
+            self.events_maxlen,
+            self.delivery_prefix(),
+            self.retention_ms,
+            _events_json(events),
+        ]
+        return bool(await self._scripts["update"](keys=keys, args=args))
+
+    async def finish(self, record: Record, now_ms: int, events: list[OutEvent], *, lifetime_ms: int | None) -> bool:
+        """Write a terminal record with its events and deliveries once; False if already finished."""
+        if record.state not in TERMINAL_STATES:
+            raise ValueError(f"finish() needs a terminal record, got state {record.state.value!r}")
+        keys = [
+            self.task_key(record.service, record.id),
+            self.due_key(record.service, record.token),
+            self.events_key,
+            self.outbox_key,
+            self.index_key(record.service, TaskState.PENDING),
+            self.index_key(record.service, record.state),
+            self.lifetimes_key(record.service),
+        ]
+        args: list[Any] = [
+            json.dumps(record.to_dict()),
+            record.state.value,
+            record.id,
+            now_ms,
+            self.retention_ms,
+            self.events_maxlen,
+            self.delivery_prefix(),
+            _events_json(events),
+            "" if lifetime_ms is None else lifetime_ms,
+        ]
+        return bool(await self._scripts["finish"](keys=keys, args=args))
+
+    async def release(self, service: str, token: str, claim_id: str, ids: Iterable[str], due_ms: int) -> int:
+        """Give claimed ids back, due at ``due_ms``; returns how many were still held."""
+        args: list[Any] = [claim_id, due_ms, self.task_prefix(service), *ids]
+        if len(args) == 3:
+            return 0
+        return int(await self._scripts["release"](keys=[self.due_key(service, token)], args=args))
+
+    async def back_off(self, service: str, token: str, until_ms: int) -> None:
+        """Hold every poll of (service, token) until ``until_ms``."""
+        key = self.backoff_key(service, token)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "until_ms", str(until_ms))
+            pipe.hincrby(key, "failures", 1)
+            pipe.pexpire(key, BACKOFF_MEMORY_MS)
+            await pipe.execute()
+
+    async def backoff_failures(self, service: str, token: str) -> int:
+        """Consecutive failures behind the current back-off of (service, token)."""
+        return int(await self.redis.hget(self.backoff_key(service, token), "failures") or 0)  # type: ignore[misc]
+
+    async def clear_backoff(self, service: str, token: str) -> None:
+        """A request went through: forget past failures."""
+        await self.redis.delete(self.backoff_key(service, token))
+
+    async def pause_token(self, token: str, pause_ms: int, reason: str) -> None:
+        """Stop every poll with ``token`` for ``pause_ms`` (a bad or used-up token)."""
+        await self.redis.set(self.paused_key(token), reason, px=pause_ms)
+
+    async def paused_tokens(self, tokens: Iterable[str]) -> dict[str, str]:
+        """Which of ``tokens`` are paused, with the reason."""
+        names = list(tokens)
+        values = await self.redis.mget([self.paused_key(t) for t in names]) if names else []
+        return {t: v for t, v in zip(names, values, strict=True) if v}
+
+    async def lifetimes_s(self, service: str) -> list[float]:
+        """Recent lifetimes (enqueue to terminal) of finished tasks of ``service``, in seconds."""
+        raw = await self.redis.lrange(self.lifetimes_key(service), 0, LIFETIME_SAMPLES - 1)  # type: ignore[misc]
+        return [int(v) / 1000 for v in raw]
+
+    # -- outbox -----------------------------------------------------------------------------
+    async def take_outbox(self, now_ms: int, count: int) -> list[str]:
+        """Due delivery ids, leased to this dispatcher for ``OUTBOX_LEASE_MS``."""
+        ids = await self._scripts["take_outbox"](keys=[self.outbox_key], args=[now_ms, OUTBOX_LEASE_MS, count])
+        return [str(i) for i in ids]
+
+    async def outbox_done(self, delivery_id: str) -> None:
+        """The delivery's job is enqueued: drop it from the outbox."""
+        await self.redis.zrem(self.outbox_key, delivery_id)
+
+    async def load_delivery(self, delivery_id: str) -> dict[str, Any] | None:
+        """A delivery's stored body."""
+        raw = await self.redis.get(self.delivery_prefix() + delivery_id)
+        return json.loads(raw) if raw else None
+
+    async def save_delivery(self, delivery_id: str, body: Mapping[str, Any]) -> None:
+        """Overwrite a delivery's body (its attempts and status), keeping the retention TTL."""
+        await self.redis.set(self.delivery_prefix() + delivery_id, json.dumps(body), px=self.retention_ms)
+
+    async def dead_letter(self, delivery_id: str, now_ms: int) -> None:
+        """Record a delivery as dead after its last attempt."""
+        await self.redis.zadd(self.dead_key, {delivery_id: now_ms})
+
+    async def dead_letters(self) -> list[str]:
+        """Dead-lettered delivery ids, oldest first."""
+        return [str(i) for i in await self.redis.zrange(self.dead_key, 0, -1)]
+
+    # -- events --------------------------------------------------------------------------------
+    async def last_event_id(self) -> str:
+        """The id of the newest event, or ``0-0``: read after it to see only what comes next."""
+        newest = await self.redis.xrevrange(self.events_key, count=1)
+        return str(newest[0][0]) if newest else "0-0"
+
+    async def read_events(self, after_id: str, block_ms: int, count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        """Events after ``after_id``, blocking up to ``block_ms`` for the first."""
+        reply = await self.redis.xread({self.events_key: after_id}, count=count, block=block_ms)
+        return [(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
+
+    # -- upkeep -----------------------------------------------------------------------------------
+    async def heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl_ms: int) -> None:
+        """Record that a worker is alive (the key expires if it stops beating)."""
+        await self.redis.set(self.worker_key(worker_id), json.dumps(info), px=ttl_ms)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Heartbeats of live workers."""
+        keys = [k async for k in self.redis.scan_iter(match=self.worker_key("*"), count=100)]
+        values = await self.redis.mget(keys) if keys else []
+        return [json.loads(v) for v in values if v]
+
+    async def prune(self, now_ms: int) -> int:
+        """Drop index entries, rejects and dead letters older than the retention."""
+        cutoff = now_ms - self.retention_ms
+        removed = 0
+        for service in await self.redis.smembers(self.services_key):  # type: ignore[misc]
+            for state in TERMINAL_STATES:
+                removed += int(await self.redis.zremrangebyscore(self.index_key(service, state), "-inf", cutoff))
+        removed += int(await self.redis.zremrangebyscore(self.dead_key, "-inf", cutoff))
+        await self.redis.xtrim(self.rejected_key, minid=f"{max(cutoff, 0)}-0", approximate=True)
+        return removed
+
+    async def count_by_state(self, service: str) -> dict[str, int]:
+        """How many tasks of ``service`` are in each state (within retention)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for state in TaskState:
+                pipe.zcard(self.index_key(service, state))
+            counts = await pipe.execute()
+        return {state.value: int(n) for state, n in zip(TaskState, counts, strict=True)}

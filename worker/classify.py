@@ -200,10 +200,10 @@ def fail(record: Record, reason: Reason, now_ms: int, error: dict[str, str | Non
     )
 
 
-def _new_clip_events(before: Sequence[Clip], after: Sequence[Clip]) -> list[EventType]:
+def newly_succeeded(before: Sequence[Clip], after: Sequence[Clip]) -> list[Clip]:
+    """Clips succeeded in ``after`` that had not succeeded in ``before``."""
     done_before = {c.id for c in before if c.state is ClipState.SUCCEEDED}
-    fresh = [c for c in after if c.state is ClipState.SUCCEEDED and c.id not in done_before]
-    return [EventType.CLIP_SUCCEEDED] * len(fresh)
+    return [c for c in after if c.state is ClipState.SUCCEEDED and c.id not in done_before]
 
 
 def observe(task: UpstreamTask, record: Record, now_ms: int) -> Decision:
@@ -216,7 +216,7 @@ def observe(task: UpstreamTask, record: Record, now_ms: int) -> Decision:
         attempts=record.attempts + 1,
         updated_at_ms=now_ms,
     )
-    events = _new_clip_events(record.clips, clips)
+    events = [EventType.CLIP_SUCCEEDED] * len(newly_succeeded(record.clips, clips))
     if is_terminal(task):
         updated = _finish(updated, task, now_ms)
         terminal_event = EventType.TASK_SUCCEEDED if updated.state is TaskState.SUCCEEDED else EventType.TASK_FAILED

@@ -257,3 +257,18 @@ class Record:
         known["reason"] = Reason(known["reason"]) if known.get("reason") else None
         known["clips"] = [Clip.from_dict(c) for c in known.get("clips") or []]
         return cls(**known)
+
+
+@dataclass(frozen=True)
+class OutEvent:
+    """One event to append to the events stream, with the hook deliveries it triggers."""
+
+    fields: dict[str, str]
+    deliveries: list[tuple[str, str]]  # (delivery id, delivery body json)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON shape ``_events.lua`` reads (ordered field pairs)."""
+        return {
+            "fields": [[k, v] for k, v in self.fields.items()],
+            "deliveries": [{"id": d_id, "body": body} for d_id, body in self.deliveries],
+        }

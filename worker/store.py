@@ -14,14 +14,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from worker.errors import StoreError
 from worker.intake import EnqueueRequest
-from worker.models import TERMINAL_STATES, Record, TaskState
+from worker.models import TERMINAL_STATES, OutEvent, Record, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +38,6 @@ LIFETIME_SAMPLES = 200
 BACKOFF_MEMORY_MS = 3_600_000
 SCRIPTS = ("register", "claim", "spend", "update", "finish", "release", "take_outbox")
 EMITTING_SCRIPTS = frozenset({"update", "finish"})
-
-
-@dataclass(frozen=True)
-class OutEvent:
-    """One event to append to the events stream, with the hook deliveries it triggers."""
-
-    fields: dict[str, str]
-    deliveries: list[tuple[str, str]]  # (delivery id, delivery body json)
-
-    def to_payload(self) -> dict[str, Any]:
-        """The JSON shape ``_events.lua`` reads (ordered field pairs)."""
-        return {
-            "fields": [[k, v] for k, v in self.fields.items()],
-            "deliveries": [{"id": d_id, "body": body} for d_id, body in self.deliveries],
-        }
 
 
 @dataclass(frozen=True)
@@ -473,3 +460,21 @@ class Store:
                 pipe.zcard(self.index_key(service, state))
             counts = await pipe.execute()
         return {state.value: int(n) for state, n in zip(TaskState, counts, strict=True)}
+
+
+def create_redis(url: str) -> aioredis.Redis:
+    """A ``decode_responses`` client for ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URLs."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis+sentinel":
+        client: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
+        return client
+    nodes = []
+    for node in parts.netloc.split("@")[-1].split(","):
+        host, _, port = node.partition(":")
+        nodes.append((host, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    sentinel = Sentinel(nodes, decode_responses=True)  # type: ignore[no-untyped-call]
+    master: aioredis.Redis = sentinel.master_for(
+        path[0], db=int(path[1]) if len(path) > 1 else 0, password=parts.password
+    )
+    return master

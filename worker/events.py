@@ -1,0 +1,97 @@
+"""Build the events (and their hook deliveries) that a decision leads to. Pure.
+
+Event fields follow DESIGN.md §2; the hook delivery body carries the event as hooks see it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from worker.classify import newly_succeeded
+from worker.models import EventType, OutEvent, Record
+
+NewId = Callable[[], str]
+
+
+def new_event_id() -> str:
+    """A unique event id; it is also the ``webhook-id`` of every delivery made for the event."""
+    return "evt_" + uuid.uuid4().hex
+
+
+def event_fields(event_type: EventType, record: Record, now_ms: int, event_id: str) -> dict[str, str]:
+    """The flat string fields of one events-stream entry (``""`` stands for null)."""
+    return {
+        "event_id": event_id,
+        "type": event_type.value,
+        "service": record.service,
+        "id": record.id,
+        "state": record.state.value,
+        "reason": record.reason.value if record.reason else "",
+        "progress": "" if record.progress is None else str(record.progress),
+        "at_ms": str(now_ms),
+        "record": json.dumps(record.to_dict(), separators=(",", ":")),
+    }
+
+
+def event_from_fields(fields: Mapping[str, str]) -> dict[str, Any]:
+    """An events-stream entry as hooks receive it: nulls restored, ``record`` (and ``clip``) parsed."""
+    event: dict[str, Any] = {k: (v if v != "" else None) for k, v in fields.items()}
+    event["record"] = json.loads(fields["record"])
+    event["at_ms"] = int(fields["at_ms"])
+    event["progress"] = int(fields["progress"]) if fields.get("progress") else None
+    if fields.get("clip"):
+        event["clip"] = json.loads(fields["clip"])
+    return event
+
+
+def _deliveries(
+    fields: dict[str, str], destinations: Sequence[str], now_ms: int, new_id: NewId
+) -> list[tuple[str, str]]:
+    event = event_from_fields(fields)
+    out = []
+    for destination in destinations:
+        delivery_id = "dlv_" + new_id()
+        body = {
+            "delivery_id": delivery_id,
+            "event_id": fields["event_id"],
+            "destination": destination,
+            "status": "pending",
+            "created_at_ms": now_ms,
+            "attempts": [],
+            "event": event,
+        }
+        out.append((delivery_id, json.dumps(body, separators=(",", ":"))))
+    return out
+
+
+def build_events(
+    events: Sequence[EventType],
+    before: Record,
+    after: Record,
+    now_ms: int,
+    destinations: Mapping[str, Sequence[str]],
+    new_id: NewId = lambda: uuid.uuid4().hex,
+) -> list[OutEvent]:
+    """One ``OutEvent`` per event type in order; clip events name their clip in a ``clip`` field.
+
+    Args:
+        events: the decision's event types.
+        before: the record as stored before this poll (to find newly succeeded clips).
+        after: the record after it.
+        now_ms: when acetrack observed it.
+        destinations: hook destination names by event type value.
+        new_id: id source (injectable for tests).
+    """
+    fresh = iter(newly_succeeded(before.clips, after.clips))
+    out = []
+    for event_type in events:
+        fields = event_fields(event_type, after, now_ms, "evt_" + new_id())
+        if event_type is EventType.CLIP_SUCCEEDED:
+            clip = next(fresh, None)
+            fields["clip"] = json.dumps(clip.to_dict() if clip else None, separators=(",", ":"))
+        dests = destinations.get(event_type.value, ())
+        out.append(OutEvent(fields, _deliveries(fields, dests, now_ms, new_id)))
+    return out

@@ -1,0 +1,252 @@
+"""The job engine's wiring: the only module that imports arq.
+
+``build_worker_settings(settings)`` returns the kwargs of an arq ``Worker``: the poll and delivery
+jobs, start-up (one ``ClientSession``, the store, the scheduler's loops) and shutdown. Jobs are
+serialised as JSON, never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import arq.worker
+import redis.asyncio as aioredis
+from arq.connections import ArqRedis, RedisSettings
+from arq.worker import Retry, func
+
+from config import Settings
+from worker import hooks as hooks_mod
+from worker.api import DEFAULT_TIMEOUT_S, UpstreamClient
+from worker.classify import Policy
+from worker.clock import Clock, system_clock
+from worker.errors import ConfigError
+from worker.polling import Poller
+from worker.scheduler import TICK_S, Cadence, Scheduler
+from worker.store import Store, create_redis
+
+logger = logging.getLogger(__name__)
+
+POLL_JOB = "poll"
+DELIVER_JOB = "deliver"
+#: arq keeps a finished job's id this long, so a delivery handed over twice runs once
+KEEP_RESULT_S = 60
+MAX_CONCURRENT_JOBS = 50
+
+
+def serialize(data: dict[str, Any]) -> bytes:
+    """arq job serializer: JSON (other languages can read the queue; nothing is unpickled)."""
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def deserialize(raw: bytes) -> dict[str, Any]:
+    """arq job deserializer."""
+    data: dict[str, Any] = json.loads(raw)
+    return data
+
+
+def redis_settings(url: str) -> RedisSettings:
+    """arq's connection settings from a ``redis://``, ``rediss://`` or ``redis+sentinel://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis+sentinel":
+        return RedisSettings.from_dsn(url)
+    nodes = [(n.partition(":")[0], int(n.partition(":")[2] or 26379)) for n in parts.netloc.split("@")[-1].split(",")]
+    path = [p for p in parts.path.split("/") if p]
+    return RedisSettings(
+        host=nodes,
+        sentinel=True,
+        sentinel_master=path[0],
+        database=int(path[1]) if len(path) > 1 else 0,
+        password=parts.password,
+    )
+
+
+class ArqJobQueue:
+    """The scheduler's ``JobQueue`` over an ``ArqRedis`` pool."""
+
+    def __init__(self, pool: ArqRedis, queue_name: str) -> None:
+        self.pool = pool
+        self.queue_name = queue_name
+
+    async def poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> None:
+        """Queue one batch poll; the claim id makes the job id unique."""
+        await self.pool.enqueue_job(
+            POLL_JOB, service, token, claim_id, list(ids), _job_id=f"{POLL_JOB}:{claim_id}", _queue_name=self.queue_name
+        )
+
+    async def deliver(self, delivery_id: str) -> None:
+        """Queue one hook delivery; a second hand-over of the same id while it is known is a no-op."""
+        await self.pool.enqueue_job(
+            DELIVER_JOB, delivery_id, _job_id=f"{DELIVER_JOB}:{delivery_id}", _queue_name=self.queue_name
+        )
+
+
+@dataclass
+class Runtime:
+    """Everything the jobs of one worker process share, built in ``startup``."""
+
+    settings: Settings
+    clock: Clock
+    store_redis: aioredis.Redis | None = None
+    hook_retry_s: Sequence[float] = hooks_mod.HOOK_RETRY_S
+    session: aiohttp.ClientSession | None = None
+    store: Store | None = None
+    poller: Poller | None = None
+    scheduler: Scheduler | None = None
+    hooks: dict[str, hooks_mod.Hook] = field(default_factory=dict)
+
+
+def _runtime(ctx: dict[str, Any]) -> Runtime:
+    runtime: Runtime = ctx["acetrack"]
+    return runtime
+
+
+def _build(runtime: Runtime, pool: ArqRedis, queue_name: str) -> None:
+    s = runtime.settings
+    tokens = s.tokens()
+    if not tokens:
+        raise ConfigError("no API token: set ACETRACK_API_TOKEN (or ACETRACK_API_TOKENS) before starting a worker")
+    if runtime.store_redis is None:
+        if s.redis_url is None:
+            raise ConfigError("ACETRACK_REDIS_URL is not set; e.g. redis://localhost:6379/0")
+        runtime.store_redis = create_redis(s.redis_url)
+    runtime.hooks = hooks_mod.resolve_hooks(s.hooks)
+    store = Store(runtime.store_redis, s.key_prefix, retention_s=s.retention_s, events_maxlen=s.events_maxlen)
+    runtime.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DEFAULT_TIMEOUT_S, connect=10))
+    api = UpstreamClient(runtime.session, s.api_base_url, tokens)
+    policy = Policy(poll_s=s.poll_s, max_poll_s=s.max_poll_s, not_found_grace_s=s.not_found_grace_s)
+    destinations = hooks_mod.destinations_by_event(s.hooks, s.hook_events)
+    runtime.store = store
+    runtime.poller = Poller(store, api, runtime.clock, policy, s.rate_limit_rps, destinations)
+    cadence = Cadence(
+        batch_size=s.batch_size,
+        coalesce_ms=int(s.coalesce_s * 1000),
+        lease_ms=int(s.lease_s * 1000),
+        rate_limit_rps=s.rate_limit_rps,
+        deadline_s=s.deadline_s,
+        first_poll_s=s.first_poll_s,
+    )
+    poller = runtime.poller
+    runtime.scheduler = Scheduler(
+        store,
+        ArqJobQueue(pool, queue_name),
+        runtime.clock,
+        cadence,
+        services=s.services,
+        tokens=tokens.keys(),
+        heartbeat_info=lambda: {"ready": not poller.paused_tokens, "paused_tokens": sorted(poller.paused_tokens)},
+    )
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """arq ``on_startup``: build the runtime and start the scheduler's loops."""
+    runtime = _runtime(ctx)
+    _build(runtime, ctx["redis"], ctx["queue_name"])
+    assert runtime.scheduler is not None
+    await runtime.scheduler.start()
+    logger.info("worker %s started", runtime.scheduler.worker_id)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """arq ``on_shutdown``: stop the loops and close the session."""
+    runtime = _runtime(ctx)
+    if runtime.scheduler is not None:
+        await runtime.scheduler.stop()
+        logger.info("worker stopped: %r", runtime.scheduler)
+    if runtime.session is not None:
+        await runtime.session.close()
+
+
+async def poll_job(ctx: dict[str, Any], service: str, token: str, claim_id: str, ids: list[str]) -> int:
+    """Poll one claimed batch."""
+    poller = _runtime(ctx).poller
+    assert poller is not None
+    return await poller.poll_batch(service, token, claim_id, ids)
+
+
+async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
+    """Run one hook delivery; a failure is retried by arq after the hook schedule's delay."""
+    runtime = _runtime(ctx)
+    store = runtime.store
+    assert store is not None
+    body = await store.load_delivery(delivery_id)
+    if body is None or body.get("status") in ("delivered", "dead"):
+        return "missing" if body is None else str(body["status"])
+    outcome = await hooks_mod.attempt(runtime.hooks, body, runtime.clock(), runtime.hook_retry_s)
+    await store.save_delivery(delivery_id, body)
+    if outcome.status == "dead":
+        await store.dead_letter(delivery_id, runtime.clock())
+    if outcome.status == "retry":
+        raise Retry(defer=outcome.retry_in_s)
+    return outcome.status
+
+
+def build_worker_settings(
+    settings: Settings,
+    *,
+    redis_pool: ArqRedis | None = None,
+    store_redis: aioredis.Redis | None = None,
+    clock: Clock = system_clock,
+    hook_retry_s: Sequence[float] = hooks_mod.HOOK_RETRY_S,
+) -> dict[str, Any]:
+    """kwargs for ``arq.worker.Worker`` (or ``arq.run_worker``) from acetrack's settings.
+
+    Args:
+        settings: the one ``Settings`` object.
+        redis_pool: an ``ArqRedis`` to use instead of connecting to ``settings.redis_url``.
+        store_redis: a ``decode_responses`` client for the store (same server as ``redis_pool``).
+        clock: the epoch-ms clock.
+        hook_retry_s: delays between tries of a failing Python hook.
+    """
+    queue_name = f"{settings.key_prefix}:arq:queue"
+    kwargs: dict[str, Any] = {
+        "functions": [
+            func(poll_job, name=POLL_JOB, max_tries=1, timeout=max(60.0, settings.lease_s)),
+            func(deliver_job, name=DELIVER_JOB, max_tries=len(hook_retry_s) + 2, timeout=300),
+        ],
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "queue_name": queue_name,
+        "poll_delay": TICK_S,
+        "max_jobs": MAX_CONCURRENT_JOBS,
+        "keep_result": KEEP_RESULT_S,
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "ctx": {"acetrack": Runtime(settings, clock, store_redis, hook_retry_s), "queue_name": queue_name},
+    }
+    if redis_pool is not None:
+        kwargs["redis_pool"] = redis_pool
+    elif settings.redis_url is not None:
+        kwargs["redis_settings"] = redis_settings(settings.redis_url)
+    else:
+        raise ConfigError("ACETRACK_REDIS_URL is not set; e.g. redis://localhost:6379/0")
+    return kwargs
+
+
+def create_worker(kwargs: dict[str, Any], **overrides: Any) -> arq.worker.Worker:
+    """An arq ``Worker`` from ``build_worker_settings`` output (tests pass ``burst`` etc. as overrides)."""
+    return arq.worker.Worker(**{**kwargs, **overrides})
+
+
+def run_worker(kwargs: dict[str, Any]) -> None:
+    """Run a worker in the foreground until SIGINT/SIGTERM."""
+    arq.worker.run_worker(kwargs)
+
+
+async def _skip_redis_info(*_: Any) -> None:
+    return None
+
+
+def allow_fakeredis() -> None:
+    """fakeredis rejects the ``INFO`` sections arq logs at start-up: skip that log line."""
+    setattr(arq.worker, "log_redis_info", _skip_redis_info)  # noqa: B010 (patching a module attribute)
+
+
+def arq_pool_over(connection_pool: aioredis.ConnectionPool) -> ArqRedis:
+    """An ``ArqRedis`` with acetrack's JSON serializer over an existing connection pool."""
+    return ArqRedis(pool_or_conn=connection_pool, job_serializer=serialize, job_deserializer=deserialize)

@@ -1,0 +1,170 @@
+"""One batch poll: ask the upstream about claimed ids once, decide, write back (DESIGN.md §1, §3).
+
+Engine-neutral: the job wiring (``jobs``) calls ``poll_batch``; nothing here knows arq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from worker import classify
+from worker.api import UpstreamClient
+from worker.classify import Policy
+from worker.clock import Clock
+from worker.errors import (
+    UnknownService,
+    UpstreamAuthError,
+    UpstreamRejected,
+    UpstreamTooLarge,
+    UpstreamUnavailable,
+)
+from worker.events import build_events
+from worker.models import EventType, Reason, Record, UpstreamTask
+from worker.store import PendingTask, Store
+
+logger = logging.getLogger(__name__)
+
+#: how long a token that got 401/403 stays paused before one batch probes it again
+AUTH_PAUSE_S = 300.0
+#: service back-off after a 429/5xx without Retry-After: base and cap
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 60.0
+
+
+@dataclass
+class Poller:
+    """What a batch poll needs, built once per worker process."""
+
+    store: Store
+    api: UpstreamClient
+    clock: Clock
+    policy: Policy
+    rate_limit_rps: float
+    destinations: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    rng: classify.Rng = random.random
+    paused_tokens: set[str] = field(default_factory=set)
+
+    async def poll_batch(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> int:
+        """Poll ``ids`` (claimed under ``claim_id``) with one ``retrieve_batch``; returns tasks finished."""
+        try:
+            return await self._poll(service, token, claim_id, ids)
+        except asyncio.CancelledError:
+            # a stopping worker gives its claims back at once instead of waiting out the lease
+            await asyncio.shield(self.store.release(service, token, claim_id, ids, self.clock()))
+            raise
+
+    async def _poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> int:
+        pending = await self.store.load_pending(service, ids)
+        if not pending:
+            return 0
+        try:
+            found = await self.api.retrieve_batch(service, list(pending), token)
+        except UpstreamUnavailable as e:
+            await self._back_off(service, token, claim_id, list(pending), e)
+            return 0
+        except UpstreamAuthError as e:
+            await self._pause(service, token, claim_id, list(pending), e)
+            return 0
+        except UnknownService as e:
+            return await self._fail_all(pending, Reason.UNKNOWN_SERVICE, e)
+        except UpstreamRejected as e:
+            return await self._split(service, token, claim_id, pending, e)
+        await self.store.clear_backoff(service, token)
+        self.paused_tokens.discard(token)
+        return await self.apply(service, claim_id, pending, found)
+
+    async def apply(
+        self, service: str, claim_id: str, pending: Mapping[str, PendingTask], found: Mapping[str, UpstreamTask]
+    ) -> int:
+        """Decide every pending task from what the upstream said and write the outcome back."""
+        now_ms = self.clock()
+        usual_s = classify.usual_lifetime_s(await self.store.lifetimes_s(service))
+        finished = 0
+        for task_id, task in pending.items():
+            decision = classify.decide(
+                found.get(task_id),
+                task.record,
+                now_ms,
+                deadline_at_ms=task.deadline_at_ms,
+                missing_since_ms=task.missing_since_ms,
+                policy=self.policy,
+                usual_lifetime_s=usual_s,
+                rng=self.rng,
+            )
+            finished += await self._write(task.record, decision, claim_id, now_ms)
+        return finished
+
+    async def _write(self, before: Record, decision: classify.Decision, claim_id: str, now_ms: int) -> int:
+        events = build_events(decision.events, before, decision.record, now_ms, self.destinations)
+        if decision.terminal:
+            lifetime_ms = now_ms - before.enqueued_at_ms if decision.record.reason is None else None
+            return int(await self.store.finish(decision.record, now_ms, events, lifetime_ms=lifetime_ms))
+        next_ms = decision.next_poll_ms if decision.next_poll_ms is not None else now_ms
+        await self.store.update(
+            decision.record,
+            claim_id,
+            now_ms,
+            next_due_ms=next_ms,
+            missing_since_ms=decision.missing_since_ms,
+            events=events,
+        )
+        return 0
+
+    async def _back_off(
+        self, service: str, token: str, claim_id: str, ids: list[str], error: UpstreamUnavailable
+    ) -> None:
+        failures = await self.store.backoff_failures(service, token)
+        delay_s = classify.backoff_s(failures, BACKOFF_BASE_S, BACKOFF_CAP_S, error.retry_after_s, self.rng)
+        until_ms = self.clock() + int(delay_s * 1000)
+        await self.store.back_off(service, token, until_ms)
+        await self.store.release(service, token, claim_id, ids, until_ms)
+        logger.warning("%s/%s backing off %.1fs after %r", service, token, delay_s, error)
+
+    async def _pause(self, service: str, token: str, claim_id: str, ids: list[str], error: UpstreamAuthError) -> None:
+        until_ms = self.clock() + int(AUTH_PAUSE_S * 1000)
+        await self.store.pause_token(token, int(AUTH_PAUSE_S * 1000), str(error))
+        await self.store.release(service, token, claim_id, ids, until_ms)
+        if token not in self.paused_tokens:
+            logger.error(
+                "token %r was refused (%s); polling with it is paused for %.0fs and its tasks stay pending. "
+                "Check ACETRACK_API_TOKEN / ACETRACK_API_TOKENS.",
+                token,
+                error,
+                AUTH_PAUSE_S,
+            )
+        self.paused_tokens.add(token)
+
+    async def _split(
+        self, service: str, token: str, claim_id: str, pending: Mapping[str, PendingTask], error: UpstreamRejected
+    ) -> int:
+        ids = list(pending)
+        if len(ids) == 1 or not (isinstance(error, UpstreamTooLarge) or error.status == 400):
+            return await self._fail_all(pending, Reason.REJECTED, error)
+        half = len(ids) // 2
+        logger.info(
+            "%s batch of %d refused (%s); retrying as %d + %d", service, len(ids), error.status, half, len(ids) - half
+        )
+        finished = 0
+        for part in (ids[:half], ids[half:]):
+            await self._wait_for_budget(token)
+            finished += await self._poll(service, token, claim_id, part)
+        return finished
+
+    async def _wait_for_budget(self, token: str) -> None:
+        # the split's extra request spends the shared budget like any other
+        while (wait_ms := await self.store.spend(token, self.clock(), self.rate_limit_rps)) > 0:
+            await asyncio.sleep(wait_ms / 1000)
+
+    async def _fail_all(self, pending: Mapping[str, PendingTask], reason: Reason, error: UpstreamRejected) -> int:
+        now_ms = self.clock()
+        detail: dict[str, str | None] = {"code": error.code or str(error.status), "message": str(error)}
+        finished = 0
+        for task in pending.values():
+            decision = classify.Decision(classify.fail(task.record, reason, now_ms, detail), [EventType.TASK_FAILED])
+            finished += await self._write(task.record, decision, "", now_ms)
+        logger.warning("%d task(s) failed with reason %s: %s", finished, reason.value, error)
+        return finished

@@ -1,0 +1,181 @@
+"""The worker's long-running loops: intake drain, claims, outbox dispatch and upkeep.
+
+Engine-neutral: jobs are handed to a ``JobQueue`` (arq behind it, see ``jobs``). Each loop
+survives a bad iteration, stops on an ``asyncio.Event``, and sleeps at most ``TICK_S`` between
+looks, so a due task or a new delivery waits no coarse tick (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from worker.clock import Clock
+from worker.errors import InvalidInput
+from worker.intake import build_request
+from worker.store import Store
+
+logger = logging.getLogger(__name__)
+
+#: longest sleep of any loop when there is nothing to do
+TICK_S = 0.05
+HEARTBEAT_S = 5.0
+PRUNE_EVERY_S = 60.0
+RECLAIM_EVERY_S = 10.0
+INTAKE_BATCH = 500
+OUTBOX_BATCH = 200
+
+
+class JobQueue(Protocol):
+    """Where the scheduler hands work; ``jobs`` implements it over arq."""
+
+    async def poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> None: ...
+
+    async def deliver(self, delivery_id: str) -> None: ...
+
+
+@dataclass
+class Cadence:
+    """Scheduling numbers, in the units their names say."""
+
+    batch_size: int = 50
+    coalesce_ms: int = 1000
+    lease_ms: int = 30_000
+    rate_limit_rps: float = 50.0
+    deadline_s: float = 1800.0
+    first_poll_s: float = 3.0
+
+
+@dataclass
+class Scheduler:
+    """Runs the loops of one worker until ``stop()``.
+
+    Args:
+        store: the Redis store.
+        queue: where claimed batches and deliveries go.
+        clock: epoch-ms clock.
+        cadence: batch, lease and rate settings.
+        services: allow-list of services for intake (empty: any valid name).
+        tokens: configured token names (intake rejects others).
+    """
+
+    store: Store
+    queue: JobQueue
+    clock: Clock
+    cadence: Cadence
+    services: Collection[str] = ()
+    tokens: Collection[str] = ("default",)
+    heartbeat_info: Callable[[], dict[str, object]] = dict
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("claims", "accepted", "rejected"), 0))
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _next_prune_ms: int = 0
+
+    def __repr__(self) -> str:
+        return f"Scheduler({self.worker_id!r}, {self.counters})"
+
+    async def start(self) -> None:
+        """Start every loop in the background."""
+        await self.store.ensure_intake_group()
+        for name, step in (
+            ("intake", self.intake_step),
+            ("claims", self.claim_step),
+            ("outbox", self.outbox_step),
+            ("upkeep", self.upkeep_step),
+        ):
+            task = asyncio.create_task(self._loop(name, step), name=f"acetrack-{name}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        """Ask every loop to stop and wait for them."""
+        self.stopping.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _loop(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
+        while not self.stopping.is_set():
+            try:
+                sleep_s = await step()
+            except Exception:
+                logger.exception("%s loop iteration failed; retrying", name)
+                sleep_s = 1.0
+            if sleep_s > 0:
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), timeout=sleep_s)
+                except TimeoutError:
+                    pass
+
+    async def intake_step(self) -> float:
+        """Drain new intake entries (blocking briefly when there are none)."""
+        entries = await self.store.read_intake(self.worker_id, INTAKE_BATCH, block_ms=int(TICK_S * 1000) * 2)
+        for entry_id, fields in entries:
+            await self.accept(entry_id, fields)
+        return 0.0
+
+    async def accept(self, entry_id: str, fields: dict[str, str]) -> None:
+        """Register one intake entry, or move it to the rejected stream with the reason."""
+        now_ms = self.clock()
+        try:
+            req = build_request(fields, services=self.services, tokens=self.tokens)
+        except InvalidInput as e:
+            await self.store.reject_intake(entry_id, fields, e.message, now_ms)
+            self.counters["rejected"] += 1
+            logger.warning("intake entry %s rejected: %s", entry_id, e.message)
+            return
+        await self.store.register(
+            req,
+            now_ms,
+            deadline_s=self.cadence.deadline_s,
+            first_poll_s=self.cadence.first_poll_s,
+            intake_entry=entry_id,
+        )
+        self.counters["accepted"] += 1
+
+    async def claim_step(self) -> float:
+        """Claim every due batch of every queue; sleep until the soonest is due (at most a tick)."""
+        soonest_ms = int(TICK_S * 1000)
+        for service, token in await self.store.queues():
+            while True:
+                got = await self.store.claim(
+                    service,
+                    token,
+                    self.clock(),
+                    batch=self.cadence.batch_size,
+                    coalesce_ms=self.cadence.coalesce_ms,
+                    lease_ms=self.cadence.lease_ms,
+                    rate_rps=self.cadence.rate_limit_rps,
+                )
+                if isinstance(got, int):
+                    soonest_ms = min(soonest_ms, got) if got >= 0 else soonest_ms
+                    break
+                claim_id, ids = got
+                self.counters["claims"] += 1
+                await self.queue.poll(service, token, claim_id, ids)
+        return max(soonest_ms, 1) / 1000
+
+    async def outbox_step(self) -> float:
+        """Hand due deliveries to the job queue, then drop them from the outbox."""
+        ids = await self.store.take_outbox(self.clock(), OUTBOX_BATCH)
+        for delivery_id in ids:
+            await self.queue.deliver(delivery_id)
+            await self.store.outbox_done(delivery_id)
+        return 0.0 if len(ids) == OUTBOX_BATCH else TICK_S
+
+    async def upkeep_step(self) -> float:
+        """Heartbeat, prune old index entries, and take over intake entries of dead workers."""
+        now_ms = self.clock()
+        info = {"worker_id": self.worker_id, "at_ms": now_ms, **self.counters, **self.heartbeat_info()}
+        await self.store.heartbeat(self.worker_id, info, ttl_ms=int(HEARTBEAT_S * 3000))
+        for entry_id, fields in await self.store.reclaim_intake(self.worker_id, INTAKE_BATCH):
+            await self.accept(entry_id, fields)
+        if now_ms >= self._next_prune_ms:
+            self._next_prune_ms = now_ms + int(PRUNE_EVERY_S * 1000)
+            await self.store.prune(now_ms)
+        return HEARTBEAT_S

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     api_base_url: str = "https://api.acedata.cloud"
     api_token: SecretStr | None = None
-    api_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    api_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
     services: CommaList = Field(default_factory=list)
     key_prefix: str = "acetrack"
     batch_size: int = Field(50, ge=1, le=500)
@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     @field_validator("services")
     @classmethod
     def _check_services(cls, value: list[str]) -> list[str]:
-        bad = [s for s in value if not SERVICE_RE.match(s)]
+        bad = [s for s in value if not SERVICE_RE.fullmatch(s)]
         if bad:
             raise ValueError(f"service names {bad!r} must match {SERVICE_RE.pattern}")
         return value
@@ -145,6 +145,6 @@ class Settings(BaseSettings):
     def tokens(self) -> dict[str, str]:
         """Configured API tokens by name; ``default`` is ``api_token``."""
         named = {name: secret.get_secret_value() for name, secret in self.api_tokens.items()}
-        if self.api_token is not None:
+        if self.api_token is not None and self.api_token.get_secret_value():
             named["default"] = self.api_token.get_secret_value()
         return named

@@ -24,6 +24,7 @@ from worker.classify import (
     is_preview_url,
     is_terminal,
     item_state,
+    newly_succeeded,
     next_poll_delay_s,
     normalise_progress,
     observe,
@@ -72,7 +73,7 @@ def seed(name: str) -> Json:
 def wire(
     *items: Json,
     task_id: str = "task-1",
-    finished_at: float | None = None,
+    finished_at: Any = None,
     success: bool | None = None,
     error: Any = None,
     data: Any = None,
@@ -176,11 +177,6 @@ def test_item_state_inferred(raw: Json, expected: ClipState) -> None:
     assert item_state(UpstreamItem.from_wire(raw)) is expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='DESIGN §1 lists "" among the in-progress words; classify treats "" as no word and infers '
-    "succeeded from the URL (classify.py item_state: `word in PENDING_WORDS and word != ''`)",
-)
 def test_empty_word_with_final_url_is_in_progress() -> None:
     assert item_state(UpstreamItem.from_wire({"status": "", "audio_url": CDN_MP3})) in ACTIVE_CLIP_STATES
 
@@ -398,9 +394,7 @@ def test_producer_seed() -> None:
     assert clip.video_url is None
 
 
-BATCH_ITEMS = [
-    pytest.param(name, i, id=f"{name}-{i}") for name in ("suno_batch", "producer_batch") for i in range(2)
-]
+BATCH_ITEMS = [pytest.param(name, i, id=f"{name}-{i}") for name in ("suno_batch", "producer_batch") for i in range(2)]
 
 
 @pytest.mark.parametrize(("name", "index"), BATCH_ITEMS)
@@ -496,6 +490,24 @@ CLIP_EVENT_CASES = [
 @pytest.mark.parametrize(("before", "raw", "events"), CLIP_EVENT_CASES)
 def test_clip_succeeded_events_only_for_new_clips(before: list[Clip], raw: Json, events: list[EventType]) -> None:
     assert run(raw, make_record(clips=list(before))).events == events
+
+
+CLIP_B = Clip(id="c2", title=None, state=ClipState.SUCCEEDED, audio_url="https://cdn1.suno.ai/c2.mp3")
+CLIP_A_FAILED = Clip(id="c1", title=None, state=ClipState.FAILED, error="x")
+
+NEWLY_CASES = [
+    pytest.param([], [], [], id="nothing"),
+    pytest.param([], [CLIP_A, CLIP_B_RUNNING], ["c1"], id="first"),
+    pytest.param([CLIP_A, CLIP_B_RUNNING], [CLIP_A, CLIP_B], ["c2"], id="second"),
+    pytest.param([CLIP_A, CLIP_B], [CLIP_A, CLIP_B], [], id="repeat-observation"),
+    pytest.param([CLIP_A_FAILED], [CLIP_A], ["c1"], id="failed-then-succeeded"),
+    pytest.param([CLIP_B], [CLIP_A, CLIP_B], ["c1"], id="order-free"),
+]
+
+
+@pytest.mark.parametrize(("before", "after", "ids"), NEWLY_CASES)
+def test_newly_succeeded(before: list[Clip], after: list[Clip], ids: list[str]) -> None:
+    assert [c.id for c in newly_succeeded(before, after)] == ids
 
 
 # --- decide: not found, deadline, scheduling ---------------------------------------------------
@@ -657,7 +669,9 @@ BACKOFF_CASES = [
 
 
 @pytest.mark.parametrize(("failures", "base", "cap", "retry_after", "rng", "expected"), BACKOFF_CASES)
-def test_backoff_s(failures: int, base: float, cap: float, retry_after: float | None, rng: float, expected: float) -> None:
+def test_backoff_s(
+    failures: int, base: float, cap: float, retry_after: float | None, rng: float, expected: float
+) -> None:
     assert backoff_s(failures, base, cap, retry_after, fixed(rng)) == pytest.approx(expected)
 
 
@@ -707,7 +721,16 @@ def test_record_to_dict_has_every_documented_field_and_round_trips() -> None:
         *["enqueued_at_ms", "updated_at_ms", "finished_at_ms", "upstream_finished_at", "callback_url", "token"],
         *["meta", "response"],
     ]
-    assert set(data["clips"][0]) == {"id", "title", "state", "audio_url", "video_url", "image_url", "duration_s", "error"}
+    assert set(data["clips"][0]) == {
+        "id",
+        "title",
+        "state",
+        "audio_url",
+        "video_url",
+        "image_url",
+        "duration_s",
+        "error",
+    }
     assert Record.from_dict(json.loads(json.dumps(data))) == record
 
 

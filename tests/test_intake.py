@@ -137,9 +137,7 @@ BAD_CASES = [
         pytest.param(fields(deadline_s=bad), {}, "deadline_s", "from 1 to 604800", id=f"deadline-{bad!r}")
         for bad in [0, "0", 604801, "604801", "abc", -1, 0.5, "nan", "inf", True, [60]]
     ],
-    pytest.param(
-        fields(token="other"), {"tokens": TOKENS}, "token", "not a configured token name", id="token-unknown"
-    ),
+    pytest.param(fields(token="other"), {"tokens": TOKENS}, "token", "not a configured token name", id="token-unknown"),
     pytest.param(fields(token=5), {}, "token", "not a configured token name", id="token-not-a-string"),
     pytest.param(fields(meta="not json"), {}, "meta", "not valid JSON", id="meta-not-json"),
     pytest.param(fields(meta="{'a': 1}"), {}, "meta", "not valid JSON", id="meta-python-repr"),
@@ -183,12 +181,6 @@ def test_message_quotes_the_bad_value(given: Json, shown: str) -> None:
     assert len(caught.value.message) < 300
 
 
-TRAILING_NEWLINE = pytest.mark.xfail(
-    strict=True,
-    reason="intake.py SERVICE_RE/ID_RE end in `$`, which re.match lets match before a trailing newline; "
-    "use re.fullmatch or \\Z",
-)
-
 NEWLINE_CASES = [
     pytest.param(fields(id=SUNO_ID + "\n"), "id", id="id-trailing-newline"),
     pytest.param(fields(id="x" * 128 + "\n"), "id", id="id-129-chars-with-newline"),
@@ -196,7 +188,6 @@ NEWLINE_CASES = [
 ]
 
 
-@TRAILING_NEWLINE
 @pytest.mark.parametrize(("given", "field"), NEWLINE_CASES)
 def test_trailing_newline_is_rejected(given: Json, field: str) -> None:
     with pytest.raises(InvalidInput) as caught:

@@ -94,7 +94,10 @@ def item_state(item: UpstreamItem) -> ClipState:
         return ClipState.FAILED
     if word in RUNNING_WORDS:
         return ClipState.RUNNING
-    if word in PENDING_WORDS and word != "":
+    if word == "":
+        # DESIGN.md §1 lists "" among the in-progress words: trust it over any URL
+        return ClipState.RUNNING if item.audio_url or item.video_url else ClipState.PENDING
+    if word in PENDING_WORDS:
         return ClipState.PENDING
     if has_final_artifact(item):
         return ClipState.SUCCEEDED

@@ -36,7 +36,7 @@ class EnqueueRequest:
 
 def check_service(service: Any, allowed: Collection[str] = ()) -> str:
     """Return ``service`` if valid, else raise ``InvalidInput`` saying what a good one looks like."""
-    if not isinstance(service, str) or not SERVICE_RE.match(service):
+    if not isinstance(service, str) or not SERVICE_RE.fullmatch(service):
         raise InvalidInput("service", f"service {service!r} must match {SERVICE_RE.pattern} (e.g. 'suno')")
     if allowed and service not in allowed:
         raise InvalidInput("service", f"service {service!r} is not in ACETRACK_SERVICES {sorted(allowed)!r}")
@@ -45,7 +45,7 @@ def check_service(service: Any, allowed: Collection[str] = ()) -> str:
 
 def check_id(task_id: Any) -> str:
     """Return ``task_id`` if valid: 1-128 chars of ``[A-Za-z0-9._:-]``."""
-    if not isinstance(task_id, str) or not ID_RE.match(task_id):
+    if not isinstance(task_id, str) or not ID_RE.fullmatch(task_id):
         shown = task_id if not isinstance(task_id, str) or len(task_id) <= 40 else task_id[:40] + "..."
         raise InvalidInput("id", f"id {shown!r} must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     return task_id
@@ -87,7 +87,10 @@ def check_meta(value: Any) -> dict[str, Any] | None:
             raise InvalidInput("meta", f"meta is not valid JSON ({e.msg}); send a JSON object") from e
     if not isinstance(value, dict):
         raise InvalidInput("meta", 'meta must be a JSON object like {"song": "intro"}')
-    size = len(json.dumps(value, separators=(",", ":")).encode())
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
+    except ValueError as e:
+        raise InvalidInput("meta", "meta must be plain JSON (no NaN or Infinity)") from e
     if size > MAX_META_BYTES:
         raise InvalidInput("meta", f"meta is {size} bytes; keep it under {MAX_META_BYTES} bytes")
     return value

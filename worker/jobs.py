@@ -7,9 +7,12 @@ serialised as JSON, never pickle.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Sequence
+import signal
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -250,3 +253,17 @@ def allow_fakeredis() -> None:
 def arq_pool_over(connection_pool: aioredis.ConnectionPool) -> ArqRedis:
     """An ``ArqRedis`` with acetrack's JSON serializer over an existing connection pool."""
     return ArqRedis(pool_or_conn=connection_pool, job_serializer=serialize, job_deserializer=deserialize)
+
+
+@asynccontextmanager
+async def running_worker(kwargs: dict[str, Any], **overrides: Any) -> AsyncIterator[arq.worker.Worker]:
+    """Run an arq worker in this event loop (demo, tests); on exit stop it as a signal would."""
+    worker = create_worker(kwargs, handle_signals=False, **overrides)
+    worker.main_task = asyncio.create_task(worker.main())
+    try:
+        yield worker
+    finally:
+        worker.handle_sig(signal.SIGUSR1)  # cancels the main loop and running jobs (claims are released)
+        await asyncio.gather(worker.main_task, *worker.tasks.values(), return_exceptions=True)
+        worker.tasks.clear()
+        await worker.close()

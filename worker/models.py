@@ -115,7 +115,7 @@ class UpstreamItem:
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> UpstreamItem:
         """Read one item; tolerant of missing keys and string numbers."""
-        word = raw.get("state", raw.get("status"))
+        word = raw.get("state") if isinstance(raw.get("state"), str) else raw.get("status")
         err = error_of(raw.get("error")) or error_of(raw.get("error_message"))
         return cls(
             id=_as_str(raw.get("id")),

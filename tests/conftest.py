@@ -1,0 +1,150 @@
+"""Shared fixtures: Redis backends (fakeredis and a throwaway real redis-server), the simulator, workers.
+
+Real-Redis tests use ``ACETRACK_TEST_REDIS_URL`` if set, else start ``redis-server`` from PATH on a
+free port. Without either they skip with a loud summary line, and fail when ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestServer
+from arq.connections import ArqRedis
+
+from config import Settings
+from worker import jobs, sim
+from worker.demo import fake_pool
+from worker.store import Store
+
+SKIPPED_REAL: list[str] = []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def real_redis_url() -> Iterator[str | None]:
+    """URL of a real Redis for this test session, or None when none can be had."""
+    url = os.environ.get("ACETRACK_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def require_real_redis(url: str | None, request: pytest.FixtureRequest) -> str:
+    """Skip (or, under CI=true, fail) a test that needs a real Redis when there is none."""
+    if url is not None:
+        return url
+    SKIPPED_REAL.append(request.node.nodeid)
+    message = "no redis-server on PATH and no ACETRACK_TEST_REDIS_URL"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}: CI must run the real-Redis tests")
+    pytest.skip(message)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say loudly when real-Redis tests were skipped."""
+    if SKIPPED_REAL:
+        terminalreporter.write_line(
+            f"!!! {len(SKIPPED_REAL)} real-Redis tests SKIPPED: install redis-server (apt-get install redis-server) "
+            "or set ACETRACK_TEST_REDIS_URL",
+            red=True,
+            bold=True,
+        )
+
+
+@dataclass
+class Backend:
+    """One Redis (fake or real), reachable both as the store's client and as arq's pool."""
+
+    kind: str
+    redis: aioredis.Redis
+    make_arq_pool: Callable[[], ArqRedis]
+
+    def store(self, **kwargs: Any) -> Store:
+        return Store(self.redis, **kwargs)
+
+
+@pytest.fixture(params=["fake", "real"])
+async def backend(request: pytest.FixtureRequest, real_redis_url: str | None) -> AsyncIterator[Backend]:
+    """Each test using this runs twice: on fakeredis and on a real redis-server."""
+    if request.param == "fake":
+        server = fakeredis.FakeServer()
+        client = aioredis.Redis(connection_pool=fake_pool(server, decode_responses=True))
+        jobs.allow_fakeredis()
+        yield Backend("fake", client, lambda: jobs.arq_pool_over(fake_pool(server)))
+        await client.aclose()
+        return
+    url = require_real_redis(real_redis_url, request)
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    await client.flushall()
+    yield Backend("real", client, lambda: jobs.arq_pool_over(aioredis.ConnectionPool.from_url(url)))
+    await client.flushall()
+    await client.aclose()
+
+
+@pytest.fixture
+async def make_sim() -> AsyncIterator[Callable[..., Awaitable[tuple[str, sim.SimState]]]]:
+    """Factory: serve a simulator on a loopback port; returns (base url, its state)."""
+    async with AsyncExitStack() as stack:
+
+        async def make(**knobs: Any) -> tuple[str, sim.SimState]:
+            app = sim.create_app(**knobs)
+            server = await stack.enter_async_context(TestServer(app, host="127.0.0.1"))
+            return str(server.make_url("")).rstrip("/"), app[sim.SIM_STATE]
+
+        yield make
+
+
+def fast_settings(api_base_url: str, **overrides: Any) -> Settings:
+    """Settings with time scaled down so an end-to-end test takes seconds."""
+    values: dict[str, Any] = {
+        "redis_url": None,
+        "api_base_url": api_base_url,
+        "api_token": "test-token",
+        "first_poll_s": 0.2,
+        "poll_s": 0.4,
+        "max_poll_s": 2.0,
+        "coalesce_s": 0.2,
+        "not_found_grace_s": 1.5,
+        "deadline_s": 60.0,
+        "lease_s": 5.0,
+        "hooks": ["tests.probe_hooks:record"],
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)

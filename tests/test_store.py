@@ -1,0 +1,177 @@
+"""The Redis schema's atomic steps, on fakeredis and on a real redis-server (``backend`` runs both)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import Backend
+from worker.classify import fail
+from worker.events import build_events
+from worker.intake import EnqueueRequest
+from worker.models import EventType, Reason, Record, TaskState
+from worker.store import Store
+
+NOW_MS = 1_767_000_000_000
+CLAIM = {"batch": 50, "coalesce_ms": 1000, "lease_ms": 30_000, "rate_rps": 50.0}
+
+
+async def register(store: Store, task_id: str, now_ms: int = NOW_MS, **kw: object) -> tuple[bool, Record]:
+    req = EnqueueRequest(service="suno", id=task_id, **kw)  # type: ignore[arg-type]
+    return await store.register(req, now_ms, deadline_s=1800, first_poll_s=3)
+
+
+async def test_register_is_idempotent_and_keeps_first_record(backend: Backend) -> None:
+    store = backend.store()
+    created, first = await register(store, "t1", meta={"n": 1})
+    again, second = await register(store, "t1", now_ms=NOW_MS + 5000, meta={"n": 2})
+    assert (created, again) == (True, False)
+    assert second == first and second.meta == {"n": 1}
+    assert await backend.redis.zscore(store.due_key("suno", "default"), "t1") == NOW_MS + 3000
+
+
+async def test_every_record_field_is_present(backend: Backend) -> None:
+    store = backend.store()
+    await register(store, "t1")
+    raw = json.loads(await backend.redis.hget(store.task_key("suno", "t1"), "record"))
+    expected = {
+        "v",
+        "service",
+        "id",
+        "state",
+        "reason",
+        "partial",
+        "progress",
+        "clips",
+        "error",
+        "attempts",
+        "enqueued_at_ms",
+        "updated_at_ms",
+        "finished_at_ms",
+        "upstream_finished_at",
+        "callback_url",
+        "token",
+        "meta",
+        "response",
+    }
+    assert set(raw) == expected
+    assert raw["state"] == "pending" and raw["response"] is None
+
+
+async def test_claims_are_exclusive_until_the_lease_ends(backend: Backend) -> None:
+    store = backend.store()
+    for i in range(3):
+        await register(store, f"t{i}")
+    due_ms = NOW_MS + 3000
+    first = await store.claim("suno", "default", due_ms, **CLAIM)
+    assert isinstance(first, tuple) and sorted(first[1]) == ["t0", "t1", "t2"]
+    second = await store.claim("suno", "default", due_ms + 100, **CLAIM)
+    assert isinstance(second, int) and second > 0  # nothing due: all are leased
+    # the claimer "died": after the lease the same ids are due again for anyone
+    third = await store.claim("suno", "default", due_ms + 30_001, **CLAIM)
+    assert isinstance(third, tuple) and sorted(third[1]) == ["t0", "t1", "t2"]
+
+
+async def test_claim_takes_ids_due_within_the_coalesce_window(backend: Backend) -> None:
+    store = backend.store()
+    await register(store, "now")
+    await register(store, "soon", now_ms=NOW_MS + 800)
+    await register(store, "later", now_ms=NOW_MS + 5000)
+    got = await store.claim("suno", "default", NOW_MS + 3000, **CLAIM)
+    assert isinstance(got, tuple) and sorted(got[1]) == ["now", "soon"]
+
+
+async def test_rate_budget_is_shared_and_says_how_long_to_wait(backend: Backend) -> None:
+    store = backend.store()
+    for i in range(5):
+        await register(store, f"t{i}")
+    limits = {**CLAIM, "batch": 1, "rate_rps": 2.0}
+    t = NOW_MS + 3000
+    granted = [await store.claim("suno", "default", t, **limits) for _ in range(4)]
+    assert [isinstance(g, tuple) for g in granted] == [True, True, False, False]
+    assert isinstance(granted[2], int) and 0 < granted[2] <= 500
+
+
+async def test_back_off_and_pause_hold_claims(backend: Backend) -> None:
+    store = backend.store()
+    await register(store, "t1")
+    t = NOW_MS + 3000
+    await store.back_off("suno", "default", t + 2000)
+    assert await store.claim("suno", "default", t, **CLAIM) == 2000
+    await store.clear_backoff("suno", "default")
+    await store.pause_token("default", 60_000, "401 invalid_token")
+    wait = await store.claim("suno", "default", t, **CLAIM)
+    assert isinstance(wait, int) and 59_000 < wait <= 60_000
+    assert await store.paused_tokens(["default", "other"]) == {"default": "401 invalid_token"}
+
+
+async def test_finish_happens_once_with_event_and_outbox(backend: Backend) -> None:
+    store = backend.store()
+    _, record = await register(store, "t1")
+    failed = fail(record, Reason.DEADLINE, NOW_MS + 10, {"code": "deadline", "message": "late"})
+    events = build_events([EventType.TASK_FAILED], record, failed, NOW_MS + 10, {"task.failed": ["python:x:y"]})
+    assert await store.finish(failed, NOW_MS + 10, events, lifetime_ms=None) is True
+    assert await store.finish(failed, NOW_MS + 20, events, lifetime_ms=None) is False
+    entries = await backend.redis.xrange(store.events_key)
+    assert len(entries) == 1
+    fields = entries[0][1]
+    assert {"event_id", "type", "service", "id", "state", "reason", "progress", "at_ms", "record"} <= set(fields)
+    assert (fields["type"], fields["state"], fields["reason"]) == ("task.failed", "failed", "deadline")
+    assert await backend.redis.zcard(store.outbox_key) == 1
+    assert await backend.redis.zscore(store.due_key("suno", "default"), "t1") is None
+    assert 0 < await backend.redis.pttl(store.task_key("suno", "t1")) <= store.retention_ms
+    assert await store.count_by_state("suno") == {"pending": 0, "succeeded": 0, "failed": 1}
+
+
+async def test_update_needs_the_claim(backend: Backend) -> None:
+    store = backend.store()
+    _, record = await register(store, "t1")
+    got = await store.claim("suno", "default", NOW_MS + 3000, **CLAIM)
+    assert isinstance(got, tuple)
+    kw = {"next_due_ms": NOW_MS + 9000, "missing_since_ms": None, "events": []}
+    assert await store.update(record, "someone-else", NOW_MS + 3100, **kw) is False
+    assert await store.update(record, got[0], NOW_MS + 3100, **kw) is True
+    assert await backend.redis.zscore(store.due_key("suno", "default"), "t1") == NOW_MS + 9000
+
+
+async def test_release_gives_claims_back_now(backend: Backend) -> None:
+    store = backend.store()
+    await register(store, "t1")
+    got = await store.claim("suno", "default", NOW_MS + 3000, **CLAIM)
+    assert isinstance(got, tuple)
+    assert await store.release("suno", "default", got[0], got[1], NOW_MS + 3001) == 1
+    again = await store.claim("suno", "default", NOW_MS + 3001, **CLAIM)
+    assert isinstance(again, tuple) and again[1] == ["t1"]
+
+
+async def test_reopen_restarts_a_finished_task(backend: Backend) -> None:
+    store = backend.store()
+    _, record = await register(store, "t1")
+    await store.finish(fail(record, Reason.CANCELLED, NOW_MS, None), NOW_MS, [], lifetime_ms=None)
+    created, reopened = await register(store, "t1", now_ms=NOW_MS + 1, reopen=True)
+    assert created is True and reopened.state is TaskState.PENDING
+    assert await backend.redis.pttl(store.task_key("suno", "t1")) == -1
+    assert await store.count_by_state("suno") == {"pending": 1, "succeeded": 0, "failed": 0}
+
+
+async def test_pending_tasks_stay_small(backend: Backend) -> None:
+    store = backend.store()
+    await register(store, "t" * 128, meta={"k": "v" * 1000})
+    size = await backend.redis.memory_usage(store.task_key("suno", "t" * 128)) if backend.kind == "real" else None
+    raw = await backend.redis.hget(store.task_key("suno", "t" * 128), "record")
+    assert len(raw) < 2048
+    assert size is None or size <= 2048 + 512
+
+
+@pytest.mark.parametrize("count", [1, 3])
+async def test_outbox_lease_and_done(backend: Backend, count: int) -> None:
+    store = backend.store()
+    for i in range(count):
+        await backend.redis.zadd(store.outbox_key, {f"dlv_{i}": NOW_MS})
+    taken = await store.take_outbox(NOW_MS, 100)
+    assert sorted(taken) == [f"dlv_{i}" for i in range(count)]
+    assert await store.take_outbox(NOW_MS + 1, 100) == []  # leased to the first dispatcher
+    for d in taken:
+        await store.outbox_done(d)
+    assert await backend.redis.zcard(store.outbox_key) == 0

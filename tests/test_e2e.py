@@ -230,6 +230,7 @@ async def test_claims_of_a_killed_worker_come_back_after_the_lease(
             await asyncio.sleep(0.05)
         assert proc.poll() is None, "the worker subprocess exited early"
         assert all(held), "the worker never claimed the ids"
+        await asyncio.sleep(1.0)  # let its poll job start: its request now hangs in the slow simulator
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

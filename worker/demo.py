@@ -69,7 +69,7 @@ async def _serve_sim(**knobs: Any) -> AsyncIterator[tuple[str, sim.SimState]]:
 
 def fake_pool(server: fakeredis.FakeServer, **kwargs: Any) -> aioredis.ConnectionPool:
     """A redis-py connection pool whose connections talk to an in-process fakeredis server."""
-    return aioredis.ConnectionPool(connection_class=FakeAsyncRedisConnection, server=server, **kwargs)  # type: ignore[arg-type]
+    return aioredis.ConnectionPool(connection_class=FakeAsyncRedisConnection, server=server, **kwargs)
 
 
 def demo_settings(api_base_url: str) -> Settings:

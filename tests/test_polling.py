@@ -1,0 +1,126 @@
+"""One batch poll against the simulator over real sockets: the per-request error rules of DESIGN.md §1."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from conftest import Backend
+from worker.api import UpstreamClient
+from worker.classify import Policy
+from worker.clock import system_clock
+from worker.intake import EnqueueRequest
+from worker.models import Reason, TaskState
+from worker.polling import Poller
+from worker.sim import SimState
+from worker.store import Store
+
+MakeSim = Callable[..., Awaitable[tuple[str, SimState]]]
+CLAIM = {"batch": 50, "coalesce_ms": 0, "lease_ms": 30_000, "rate_rps": 1000.0}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+        yield s
+
+
+async def claimed(store: Store, service: str, ids: list[str]) -> str:
+    """Register ``ids`` due now and claim them all; returns the claim id."""
+    now_ms = system_clock()
+    for task_id in ids:
+        await store.register(EnqueueRequest(service, task_id), now_ms - 10, deadline_s=600, first_poll_s=0)
+    got = await store.claim(service, "default", system_clock(), **CLAIM)  # type: ignore[arg-type]
+    assert isinstance(got, tuple) and sorted(got[1]) == sorted(ids)
+    return got[0]
+
+
+def make_poller(store: Store, session: aiohttp.ClientSession, url: str) -> Poller:
+    api = UpstreamClient(session, url, {"default": "tok"})
+    return Poller(store, api, system_clock, Policy(poll_s=1.0, max_poll_s=5.0), rate_limit_rps=1000.0)
+
+
+async def test_503_with_retry_after_backs_off_the_service_and_fails_nothing(
+    backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    url, state = await make_sim(auto=False)
+    store = backend.store()
+    ids = [f"t{i}" for i in range(5)]
+    claim_id = await claimed(store, "suno", ids)
+    state.fail_next(1, 503, retry_after_s=7)
+    before_ms = system_clock()
+    assert await make_poller(store, session, url).poll_batch("suno", "default", claim_id, ids) == 0
+    records = await store.get_many(("suno", i) for i in ids)
+    assert all(r is not None and r.state is TaskState.PENDING for r in records)
+    wait = await store.claim("suno", "default", system_clock(), **CLAIM)  # type: ignore[arg-type]
+    assert isinstance(wait, int) and 6000 < wait <= 7000  # Retry-After honoured for the whole service
+    due = await backend.redis.zrange(store.due_key("suno", "default"), 0, -1, withscores=True)
+    assert all(score >= before_ms + 7000 for _, score in due)
+
+
+async def test_401_pauses_the_token_and_keeps_tasks_pending(
+    backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    url, _ = await make_sim(auto=False, tokens=frozenset({"someone-else"}))
+    store = backend.store()
+    ids = [f"t{i}" for i in range(3)]
+    claim_id = await claimed(store, "suno", ids)
+    poller = make_poller(store, session, url)
+    await poller.poll_batch("suno", "default", claim_id, ids)
+    assert poller.paused_tokens == {"default"}
+    assert "401" in (await store.paused_tokens(["default"]))["default"]
+    records = await store.get_many(("suno", i) for i in ids)
+    assert all(r is not None and r.state is TaskState.PENDING for r in records)
+
+
+async def test_413_halves_the_batch_until_it_fits(
+    backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    url, state = await make_sim(auto=False, max_batch=3)
+    store = backend.store()
+    ids = [f"t{i}" for i in range(10)]
+    for task_id in ids:
+        state.add_task("suno", task_id, run_s=0.0, clip_gap_s=0.0)
+    claim_id = await claimed(store, "suno", ids)
+    finished = await make_poller(store, session, url).poll_batch("suno", "default", claim_id, ids)
+    assert finished == 10
+    statuses = [(len(e.ids), e.status) for e in state.log]
+    assert (10, 413) in statuses and all(n <= 3 for n, s in statuses if s == 200)
+    records = await store.get_many(("suno", i) for i in ids)
+    assert all(r is not None and r.state is TaskState.SUCCEEDED for r in records)
+
+
+async def test_a_single_id_still_refused_with_400_fails_as_rejected(
+    backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    url, state = await make_sim(auto=False)
+    store = backend.store()
+    claim_id = await claimed(store, "suno", ["lonely"])
+    state.fail_next(1, 400)
+    await make_poller(store, session, url).poll_batch("suno", "default", claim_id, ["lonely"])
+    record = await store.get("suno", "lonely")
+    assert record is not None and record.state is TaskState.FAILED and record.reason is Reason.REJECTED
+
+
+async def test_no_api_fails_the_services_tasks_as_unknown_service(
+    backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    url, _ = await make_sim(auto=False)
+    store = backend.store()
+    claim_id = await claimed(store, "nosuch", ["a", "b"])
+    await make_poller(store, session, url).poll_batch("nosuch", "default", claim_id, ["a", "b"])
+    records = await store.get_many([("nosuch", "a"), ("nosuch", "b")])
+    assert all(r is not None and r.reason is Reason.UNKNOWN_SERVICE for r in records)
+    events = await backend.redis.xrange(store.events_key)
+    assert [f["type"] for _, f in events] == ["task.failed", "task.failed"]
+
+
+async def test_network_error_keeps_tasks_pending(backend: Backend, session: aiohttp.ClientSession) -> None:
+    store = backend.store()
+    claim_id = await claimed(store, "suno", ["t1"])
+    await make_poller(store, session, "http://127.0.0.1:9").poll_batch("suno", "default", claim_id, ["t1"])
+    record = await store.get("suno", "t1")
+    assert record is not None and record.state is TaskState.PENDING
+    assert await store.backoff_failures("suno", "default") == 1

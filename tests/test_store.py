@@ -170,8 +170,8 @@ async def test_outbox_lease_and_done(backend: Backend, count: int) -> None:
     for i in range(count):
         await backend.redis.zadd(store.outbox_key, {f"dlv_{i}": NOW_MS})
     taken = await store.take_outbox(NOW_MS, 100)
-    assert sorted(taken) == [f"dlv_{i}" for i in range(count)]
+    assert sorted(taken) == [(f"dlv_{i}", NOW_MS) for i in range(count)]
     assert await store.take_outbox(NOW_MS + 1, 100) == []  # leased to the first dispatcher
-    for d in taken:
-        await store.outbox_done(d)
+    for delivery_id, _ in taken:
+        await store.outbox_done(delivery_id)
     assert await backend.redis.zcard(store.outbox_key) == 0

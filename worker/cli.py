@@ -80,6 +80,7 @@ def _tracker(settings: Settings) -> Tracker:
         deadline_s=settings.deadline_s,
         first_poll_s=settings.first_poll_s,
         services=settings.services,
+        allow_hosts=settings.webhook_allow_hosts,
     )
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from worker.classify import newly_succeeded
+from worker.hooks import WEBHOOK_PREFIX
 from worker.models import EventType, OutEvent, Record
 
 NewId = Callable[[], str]
@@ -74,6 +75,7 @@ def build_events(
     now_ms: int,
     destinations: Mapping[str, Sequence[str]],
     new_id: NewId = lambda: uuid.uuid4().hex,
+    callback_events: Collection[str] = (),
 ) -> list[OutEvent]:
     """One ``OutEvent`` per event type in order; clip events name their clip in a ``clip`` field.
 
@@ -84,6 +86,7 @@ def build_events(
         now_ms: when acetrack observed it.
         destinations: hook destination names by event type value.
         new_id: id source (injectable for tests).
+        callback_events: event types sent to the task's own ``callback_url`` (``ACETRACK_WEBHOOK_EVENTS``).
     """
     fresh = iter(newly_succeeded(before.clips, after.clips))
     out = []
@@ -92,6 +95,8 @@ def build_events(
         if event_type is EventType.CLIP_SUCCEEDED:
             clip = next(fresh, None)
             fields["clip"] = json.dumps(clip.to_dict() if clip else None, separators=(",", ":"))
-        dests = destinations.get(event_type.value, ())
+        dests = list(destinations.get(event_type.value, ()))
+        if after.callback_url and event_type.value in callback_events:
+            dests.append(WEBHOOK_PREFIX + after.callback_url)
         out.append(OutEvent(fields, _deliveries(fields, dests, now_ms, new_id)))
     return out

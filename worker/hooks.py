@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 Hook = Callable[[dict[str, Any]], Awaitable[None]]
 PYTHON_PREFIX = "python:"
+WEBHOOK_PREFIX = "webhook:"
 #: seconds before each retry of a failing Python hook (its length + 1 is the number of tries)
 HOOK_RETRY_S: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
 
@@ -50,9 +51,22 @@ def resolve_hooks(names: Sequence[str]) -> dict[str, Hook]:
     return {PYTHON_PREFIX + name: resolve_hook(name) for name in names}
 
 
-def destinations_by_event(hook_names: Sequence[str], hook_events: Sequence[str]) -> dict[str, list[str]]:
-    """Which destinations get each event type (the outbox entries written with each event)."""
-    return {event: [PYTHON_PREFIX + name for name in hook_names] for event in hook_events}
+def destinations_by_event(
+    hook_names: Sequence[str],
+    hook_events: Sequence[str],
+    webhook_urls: Sequence[str] = (),
+    webhook_events: Sequence[str] = (),
+) -> dict[str, list[str]]:
+    """Which destinations get each event type (the outbox entries written with each event).
+
+    Python hooks are named ``python:pkg.mod:fn`` and global webhooks ``webhook:URL``.
+    """
+    out: dict[str, list[str]] = {}
+    for event in hook_events:
+        out.setdefault(event, []).extend(PYTHON_PREFIX + name for name in hook_names)
+    for event in webhook_events:
+        out.setdefault(event, []).extend(WEBHOOK_PREFIX + url for url in webhook_urls)
+    return out
 
 
 @dataclass(frozen=True)
@@ -61,11 +75,14 @@ class Outcome:
 
     status: Literal["delivered", "retry", "dead", "missing"]
     retry_in_s: float = 0.0
+    #: a 410 Gone: later deliveries to this URL are dead-lettered at once
+    disable_url: bool = False
 
 
-def record_attempt(body: dict[str, Any], now_ms: int, error: str | None) -> None:
-    """Append one attempt's result to a delivery body."""
-    body["attempts"].append({"at_ms": now_ms, "ok": error is None, "error": error})
+def record_attempt(body: dict[str, Any], now_ms: int, error: str | None, status: int | None = None) -> None:
+    """Append one attempt's result to a delivery body and count it (``tries`` restarts on replay)."""
+    body["attempts"].append({"at_ms": now_ms, "ok": error is None, "status": status, "error": error})
+    body["tries"] = body.get("tries", 0) + 1
 
 
 async def attempt(
@@ -86,7 +103,7 @@ async def attempt(
     if error is None:
         body["status"] = "delivered"
         return Outcome("delivered")
-    tries = len(body["attempts"])
+    tries = body["tries"]
     if tries > len(retry_s):
         body["status"] = "dead"
         logger.error("hook %s gave up on event %s after %d tries", body["destination"], body["event_id"], tries)

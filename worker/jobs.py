@@ -21,14 +21,16 @@ import aiohttp
 import arq.worker
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis, RedisSettings
-from arq.worker import Retry, func
+from arq.worker import func
 
 from config import Settings
 from worker import hooks as hooks_mod
+from worker import webhooks
 from worker.api import DEFAULT_TIMEOUT_S, UpstreamClient
 from worker.classify import Policy
 from worker.clock import Clock, system_clock
 from worker.errors import ConfigError
+from worker.hooks import WEBHOOK_PREFIX
 from worker.polling import Poller
 from worker.scheduler import TICK_S, Cadence, Scheduler
 from worker.store import Store, create_redis
@@ -82,10 +84,10 @@ class ArqJobQueue:
             POLL_JOB, service, token, claim_id, list(ids), _job_id=f"{POLL_JOB}:{claim_id}", _queue_name=self.queue_name
         )
 
-    async def deliver(self, delivery_id: str) -> None:
-        """Queue one hook delivery; a second hand-over of the same id while it is known is a no-op."""
+    async def deliver(self, delivery_id: str, due_ms: int) -> None:
+        """Queue one try of a delivery; the same try handed over twice (same due time) runs once."""
         await self.pool.enqueue_job(
-            DELIVER_JOB, delivery_id, _job_id=f"{DELIVER_JOB}:{delivery_id}", _queue_name=self.queue_name
+            DELIVER_JOB, delivery_id, _job_id=f"{DELIVER_JOB}:{delivery_id}:{due_ms}", _queue_name=self.queue_name
         )
 
 
@@ -102,6 +104,7 @@ class Runtime:
     poller: Poller | None = None
     scheduler: Scheduler | None = None
     hooks: dict[str, hooks_mod.Hook] = field(default_factory=dict)
+    webhook_config: webhooks.WebhookConfig | None = None
 
 
 def _runtime(ctx: dict[str, Any]) -> Runtime:
@@ -119,13 +122,21 @@ def _build(runtime: Runtime, pool: ArqRedis, queue_name: str) -> None:
             raise ConfigError("ACETRACK_REDIS_URL is not set; e.g. redis://localhost:6379/0")
         runtime.store_redis = create_redis(s.redis_url)
     runtime.hooks = hooks_mod.resolve_hooks(s.hooks)
+    secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
+    if s.webhook_urls and not secret:
+        raise ConfigError("ACETRACK_WEBHOOK_URLS is set but ACETRACK_WEBHOOK_SECRET (whsec_...) is not")
+    runtime.webhook_config = webhooks.WebhookConfig(
+        secret, tuple(s.webhook_schedule_s), frozenset(s.webhook_allow_hosts)
+    )
     store = Store(runtime.store_redis, s.key_prefix, retention_s=s.retention_s, events_maxlen=s.events_maxlen)
     runtime.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DEFAULT_TIMEOUT_S, connect=10))
     api = UpstreamClient(runtime.session, s.api_base_url, tokens)
     policy = Policy(poll_s=s.poll_s, max_poll_s=s.max_poll_s, not_found_grace_s=s.not_found_grace_s)
-    destinations = hooks_mod.destinations_by_event(s.hooks, s.hook_events)
+    destinations = hooks_mod.destinations_by_event(s.hooks, s.hook_events, s.webhook_urls, s.webhook_events)
     runtime.store = store
-    runtime.poller = Poller(store, api, runtime.clock, policy, s.rate_limit_rps, destinations)
+    runtime.poller = Poller(
+        store, api, runtime.clock, policy, s.rate_limit_rps, destinations, callback_events=frozenset(s.webhook_events)
+    )
     cadence = Cadence(
         batch_size=s.batch_size,
         coalesce_ms=int(s.coalesce_s * 1000),
@@ -173,20 +184,35 @@ async def poll_job(ctx: dict[str, Any], service: str, token: str, claim_id: str,
 
 
 async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
-    """Run one hook delivery; a failure is retried by arq after the hook schedule's delay."""
+    """Run one try of a delivery; a failed try goes back to the outbox for the next one."""
     runtime = _runtime(ctx)
     store = runtime.store
     assert store is not None
     body = await store.load_delivery(delivery_id)
     if body is None or body.get("status") in ("delivered", "dead"):
+        if body is not None and body["status"] == "delivered":
+            await store.count("duplicate_deliveries_skipped")
         return "missing" if body is None else str(body["status"])
-    outcome = await hooks_mod.attempt(runtime.hooks, body, runtime.clock(), runtime.hook_retry_s)
+    now_ms = runtime.clock()
+    outcome = await _attempt(runtime, store, body, now_ms)
     await store.save_delivery(delivery_id, body)
+    if outcome.disable_url:
+        await store.disable_url(body["destination"].removeprefix(WEBHOOK_PREFIX), now_ms)
     if outcome.status == "dead":
-        await store.dead_letter(delivery_id, runtime.clock())
-    if outcome.status == "retry":
-        raise Retry(defer=outcome.retry_in_s)
+        await store.dead_letter(delivery_id, now_ms)
+    elif outcome.status == "retry":
+        await store.requeue_delivery(delivery_id, now_ms + int(outcome.retry_in_s * 1000))
+    await store.count(f"deliveries_{outcome.status}")
     return outcome.status
+
+
+async def _attempt(runtime: Runtime, store: Store, body: dict[str, Any], now_ms: int) -> hooks_mod.Outcome:
+    destination: str = body["destination"]
+    if not destination.startswith(WEBHOOK_PREFIX):
+        return await hooks_mod.attempt(runtime.hooks, body, now_ms, runtime.hook_retry_s)
+    assert runtime.session is not None and runtime.webhook_config is not None
+    disabled = await store.is_disabled(destination.removeprefix(WEBHOOK_PREFIX))
+    return await webhooks.attempt(runtime.session, runtime.webhook_config, body, now_ms, disabled=disabled)
 
 
 def build_worker_settings(
@@ -210,7 +236,8 @@ def build_worker_settings(
     kwargs: dict[str, Any] = {
         "functions": [
             func(poll_job, name=POLL_JOB, max_tries=1, timeout=max(60.0, settings.lease_s)),
-            func(deliver_job, name=DELIVER_JOB, max_tries=len(hook_retry_s) + 2, timeout=300),
+            # a try's own failures are rescheduled through the outbox; arq retries only crashed jobs
+            func(deliver_job, name=DELIVER_JOB, max_tries=3, timeout=300),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -45,6 +45,7 @@ class Poller:
     policy: Policy
     rate_limit_rps: float
     destinations: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    callback_events: frozenset[str] = frozenset()
     rng: classify.Rng = random.random
     paused_tokens: set[str] = field(default_factory=set)
 
@@ -99,7 +100,9 @@ class Poller:
         return finished
 
     async def _write(self, before: Record, decision: classify.Decision, claim_id: str, now_ms: int) -> int:
-        events = build_events(decision.events, before, decision.record, now_ms, self.destinations)
+        events = build_events(
+            decision.events, before, decision.record, now_ms, self.destinations, callback_events=self.callback_events
+        )
         if decision.terminal:
             lifetime_ms = now_ms - before.enqueued_at_ms if decision.record.reason is None else None
             return int(await self.store.finish(decision.record, now_ms, events, lifetime_ms=lifetime_ms))

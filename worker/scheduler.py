@@ -20,6 +20,7 @@ from worker.clock import Clock
 from worker.errors import InvalidInput
 from worker.intake import build_request
 from worker.store import Store
+from worker.webhooks import screen
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class JobQueue(Protocol):
 
     async def poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> None: ...
 
-    async def deliver(self, delivery_id: str) -> None: ...
+    async def deliver(self, delivery_id: str, due_ms: int) -> None: ...
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Scheduler:
         cadence: batch, lease and rate settings.
         services: allow-list of services for intake (empty: any valid name).
         tokens: configured token names (intake rejects others).
+        allow_hosts: callback hosts allowed despite resolving to private addresses.
     """
 
     store: Store
@@ -71,6 +73,7 @@ class Scheduler:
     cadence: Cadence
     services: Collection[str] = ()
     tokens: Collection[str] = ("default",)
+    allow_hosts: Collection[str] = ()
     heartbeat_info: Callable[[], dict[str, object]] = dict
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -124,6 +127,8 @@ class Scheduler:
         now_ms = self.clock()
         try:
             req = build_request(fields, services=self.services, tokens=self.tokens)
+            if req.callback_url:
+                await screen(req.callback_url, self.allow_hosts)
         except InvalidInput as e:
             await self.store.reject_intake(entry_id, fields, e.message, now_ms)
             self.counters["rejected"] += 1
@@ -162,11 +167,11 @@ class Scheduler:
 
     async def outbox_step(self) -> float:
         """Hand due deliveries to the job queue, then drop them from the outbox."""
-        ids = await self.store.take_outbox(self.clock(), OUTBOX_BATCH)
-        for delivery_id in ids:
-            await self.queue.deliver(delivery_id)
+        taken = await self.store.take_outbox(self.clock(), OUTBOX_BATCH)
+        for delivery_id, due_ms in taken:
+            await self.queue.deliver(delivery_id, due_ms)
             await self.store.outbox_done(delivery_id)
-        return 0.0 if len(ids) == OUTBOX_BATCH else TICK_S
+        return 0.0 if len(taken) == OUTBOX_BATCH else TICK_S
 
     async def upkeep_step(self) -> float:
         """Heartbeat, prune old index entries, and take over intake entries of dead workers."""

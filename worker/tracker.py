@@ -13,6 +13,7 @@ from worker.clock import Clock, system_clock
 from worker.intake import build_request
 from worker.models import Record
 from worker.store import Store, create_redis
+from worker.webhooks import screen
 
 #: how long one blocking read of the events stream waits before ``wait`` looks again
 WAIT_BLOCK_MS = 1000
@@ -27,6 +28,8 @@ class Tracker:
         first_poll_s: delay before a new task's first poll.
         services: allow-list of services (empty: any valid name).
         clock: epoch-ms clock.
+        allow_hosts: callback hosts allowed despite resolving to private addresses
+            (``ACETRACK_WEBHOOK_ALLOW_HOSTS``).
     """
 
     def __init__(
@@ -37,12 +40,14 @@ class Tracker:
         first_poll_s: float = 3.0,
         services: Collection[str] = (),
         clock: Clock = system_clock,
+        allow_hosts: Collection[str] = (),
     ) -> None:
         self.store = store
         self.deadline_s = deadline_s
         self.first_poll_s = first_poll_s
         self.services = services
         self.clock = clock
+        self.allow_hosts = allow_hosts
 
     @classmethod
     def from_url(cls, redis_url: str, *, prefix: str = "acetrack", **kwargs: Any) -> Tracker:
@@ -80,6 +85,8 @@ class Tracker:
             "reopen": reopen,
         }
         req = build_request({k: v for k, v in fields.items() if v is not None}, services=self.services)
+        if req.callback_url:
+            await screen(req.callback_url, self.allow_hosts)
         _, record = await self.store.register(
             req, self.clock(), deadline_s=self.deadline_s, first_poll_s=self.first_poll_s
         )

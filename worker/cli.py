@@ -11,12 +11,15 @@ import json
 import logging.config
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from config import Settings
+from worker.clock import system_clock
 from worker.errors import AcetrackError, ConfigError, InvalidInput
+from worker.store import Store
 from worker.tracker import Tracker
 
 logger = logging.getLogger(__name__)
@@ -68,7 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("service")
     status.add_argument("id")
     status.add_argument("--json", action="store_true")
+    _add_hooks_parser(sub)
     return parser
+
+
+def _add_hooks_parser(sub: Any) -> None:
+    hooks = sub.add_parser("hooks", help="list, replay and re-enable hook and webhook deliveries")
+    verbs = hooks.add_subparsers(dest="verb", required=True)
+    listing = verbs.add_parser("list", help="list deliveries")
+    listing.add_argument("--dead", action="store_true", help="only dead-lettered deliveries")
+    listing.add_argument("--json", action="store_true")
+    replay = verbs.add_parser("replay", help="send deliveries again (same webhook-id, new signature)")
+    target = replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("delivery_id", nargs="?")
+    target.add_argument("--since", help="replay every delivery dead-lettered since this ISO 8601 time")
+    enable = verbs.add_parser("enable", help="re-enable a URL disabled by a 410 Gone")
+    enable.add_argument("url")
 
 
 def _tracker(settings: Settings) -> Tracker:
@@ -123,6 +141,52 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _hooks(settings: Settings, args: argparse.Namespace) -> int:
+    tracker = _tracker(settings)
+    store = tracker.store
+    try:
+        if args.verb == "list":
+            return await _hooks_list(store, args)
+        if args.verb == "enable":
+            found = await store.enable_url(args.url)
+            print(f"{args.url} enabled" if found else f"{args.url} was not disabled")
+            return EXIT_OK
+        ids = [args.delivery_id] if args.delivery_id else await store.dead_since(_iso_ms(args.since))
+        replayed = [d for d in ids if await store.replay(d, system_clock())]
+        for delivery_id in replayed:
+            print(f"{delivery_id} queued again")
+        if args.delivery_id and not replayed:
+            print(f"acetrack: delivery {args.delivery_id} not found (expired or never existed)", file=sys.stderr)
+            return EXIT_PROBLEM
+        return EXIT_OK
+    finally:
+        await tracker.close()
+
+
+async def _hooks_list(store: Store, args: argparse.Namespace) -> int:
+    if args.dead:
+        bodies = [b for b in [await store.load_delivery(d) for d in await store.dead_letters()] if b]
+    else:
+        bodies = await store.deliveries()
+    for body in bodies:
+        summary = {k: body.get(k) for k in ("delivery_id", "event_id", "destination", "status", "reason", "tries")}
+        summary["attempts"] = body.get("attempts")
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            last = (body.get("attempts") or [{}])[-1]
+            print(f"{body['delivery_id']} {body['status']:<9} {body['destination']} last: {last.get('error') or 'ok'}")
+    return EXIT_OK
+
+
+def _iso_ms(text: str) -> int:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise InvalidInput("since", f"--since {text!r} is not an ISO 8601 time like 2026-11-25T09:00:00Z") from e
+    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
 def _run_worker(settings: Settings) -> int:
     from worker import jobs
 
@@ -155,6 +219,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return _run_worker(settings)
     if args.command == "enqueue":
         return asyncio.run(_enqueue(settings, args))
+    if args.command == "hooks":
+        return asyncio.run(_hooks(settings, args))
     return asyncio.run(_status(settings, args))
 
 

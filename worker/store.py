@@ -22,7 +22,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from worker.errors import StoreError
-from worker.intake import EnqueueRequest
+from worker.intake import MAX_DEADLINE_S, EnqueueRequest
 from worker.models import TERMINAL_STATES, OutEvent, Record, TaskState
 
 logger = logging.getLogger(__name__)
@@ -103,8 +103,10 @@ class Store:
     def due_key(self, service: str, token: str) -> str:
         return f"{self.prefix}:due:{service}:{token}"
 
-    def index_key(self, service: str, state: TaskState | str) -> str:
-        return f"{self.prefix}:idx:{service}:{TaskState(state).value}"
+    def index_key(self, service: str | None, state: TaskState | str | None) -> str:
+        """Tasks of one service (or of all: None) in one state (or any: None), scored by time."""
+        scope = f"idx:{service}" if service else "idxall"
+        return f"{self.prefix}:{scope}:{TaskState(state).value if state else 'any'}"
 
     def backoff_key(self, service: str, token: str) -> str:
         return f"{self.prefix}:backoff:{service}:{token}"
@@ -180,10 +182,8 @@ class Store:
             self.due_key(req.service, req.token),
             self.queues_key,
             self.services_key,
-            self.index_key(req.service, TaskState.PENDING),
-            self.index_key(req.service, TaskState.SUCCEEDED),
-            self.index_key(req.service, TaskState.FAILED),
             self.intake_key,
+            *(self.index_key(scope, state) for scope in (req.service, None) for state in (*TaskState, None)),
         ]
         args: list[Any] = [
             json.dumps(record.to_dict()),
@@ -320,7 +320,6 @@ class Store:
             self.due_key(record.service, record.token),
             self.events_key,
             self.outbox_key,
-            self.index_key(record.service, TaskState.PENDING),
         ]
         args: list[Any] = [
             claim_id,
@@ -348,6 +347,8 @@ class Store:
             self.index_key(record.service, TaskState.PENDING),
             self.index_key(record.service, record.state),
             self.lifetimes_key(record.service),
+            self.index_key(None, TaskState.PENDING),
+            self.index_key(None, record.state),
         ]
         args: list[Any] = [
             json.dumps(record.to_dict()),
@@ -359,6 +360,7 @@ class Store:
             self.delivery_prefix(),
             _events_json(events),
             "" if lifetime_ms is None else lifetime_ms,
+            record.service,
         ]
         return bool(await self._scripts["finish"](keys=keys, args=args))
 
@@ -502,21 +504,68 @@ class Store:
     async def prune(self, now_ms: int) -> int:
         """Drop index entries, rejects and dead letters older than the retention."""
         cutoff = now_ms - self.retention_ms
+        # "any" indexes are scored by enqueue time; a task can stay pending up to the longest deadline
+        any_cutoff = cutoff - int(MAX_DEADLINE_S * 1000)
         removed = 0
-        for service in await self.redis.smembers(self.services_key):  # type: ignore[misc]
+        services: set[str] = await self.redis.smembers(self.services_key)  # type: ignore[misc]
+        for scope in (*services, None):
             for state in TERMINAL_STATES:
-                removed += int(await self.redis.zremrangebyscore(self.index_key(service, state), "-inf", cutoff))
+                removed += int(await self.redis.zremrangebyscore(self.index_key(scope, state), "-inf", cutoff))
+            removed += int(await self.redis.zremrangebyscore(self.index_key(scope, None), "-inf", any_cutoff))
         removed += int(await self.redis.zremrangebyscore(self.dead_key, "-inf", cutoff))
         await self.redis.xtrim(self.rejected_key, minid=f"{max(cutoff, 0)}-0", approximate=True)
         return removed
 
-    async def count_by_state(self, service: str) -> dict[str, int]:
-        """How many tasks of ``service`` are in each state (within retention)."""
+    async def count_by_state(self, service: str | None) -> dict[str, int]:
+        """How many tasks of ``service`` (None: all) are in each state (within retention)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for state in TaskState:
                 pipe.zcard(self.index_key(service, state))
             counts = await pipe.execute()
         return {state.value: int(n) for state, n in zip(TaskState, counts, strict=True)}
+
+    async def services(self) -> list[str]:
+        """Every service that has had a task."""
+        members: set[str] = await self.redis.smembers(self.services_key)  # type: ignore[misc]
+        return sorted(members)
+
+    async def list_page(
+        self, service: str | None, state: TaskState | None, limit: int, after: tuple[int, str] | None = None
+    ) -> tuple[list[Record], tuple[int, str] | None]:
+        """One page of records, oldest first, and the cursor of the next page (None at the end).
+
+        ``after`` is (score, member) of the last row of the previous page: rows with an equal
+        score sort by member in Redis, so the page after it is exact even when scores tie.
+        """
+        key = self.index_key(service, state)
+        rows: list[tuple[str, int]] = []
+        start: float | str = after[0] if after else "-inf"
+        offset = 0
+        while len(rows) < limit + 1:
+            chunk = await self.redis.zrangebyscore(key, start, "+inf", start=offset, num=limit + 1, withscores=True)
+            if not chunk:
+                break
+            offset += len(chunk)
+            rows += [(m, int(sc)) for m, sc in chunk if not after or (int(sc), m) > (after[0], after[1])]
+        page, more = rows[:limit], len(rows) > limit
+        pairs = [tuple(m.split(":", 1)) if service is None else (service, m) for m, _ in page]
+        records = await self.get_many((p[0], p[1]) for p in pairs)
+        next_cursor = (page[-1][1], page[-1][0]) if more and page else None
+        return [r for r in records if r is not None], next_cursor
+
+    async def backlog(self, now_ms: int) -> dict[str, int]:
+        """Ids due now and not yet claimed, by ``service:token`` queue."""
+        queues = await self.queues()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for service, token in queues:
+                pipe.zcount(self.due_key(service, token), "-inf", now_ms)
+            counts = await pipe.execute()
+        return {f"{service}:{token}": int(n) for (service, token), n in zip(queues, counts, strict=True)}
+
+    async def oldest_pending_ms(self, service: str | None) -> int | None:
+        """Enqueue time of the oldest pending task of ``service`` (None: of all)."""
+        first = await self.redis.zrange(self.index_key(service, TaskState.PENDING), 0, 0, withscores=True)
+        return int(first[0][1]) if first else None
 
 
 def create_redis(url: str) -> aioredis.Redis:

@@ -1,25 +1,32 @@
 -- Register a task once: a second enqueue of (service, id) keeps the first record, unless
 -- `reopen` asks to restart a finished task. Optionally acks and deletes the intake entry in
 -- the same step, so an entry is never both registered and left for another worker.
--- KEYS: 1 task, 2 due zset, 3 queues set, 4 services set, 5 idx pending, 6 idx succeeded,
---       7 idx failed, 8 intake stream
+-- KEYS: 1 task, 2 due zset, 3 queues set, 4 services set, 5 intake stream,
+--       6 idx pending, 7 idx succeeded, 8 idx failed, 9 idx any (this service),
+--       10 all-services idx pending, 11 succeeded, 12 failed, 13 any
 -- ARGV: 1 record json, 2 deadline_at_ms, 3 due_ms, 4 queue member, 5 service, 6 id,
 --       7 now_ms, 8 reopen (0/1), 9 intake group, 10 intake entry id ('' for none)
 local state = redis.call('HGET', KEYS[1], 'state')
 local created = 0
 if (not state) or (ARGV[8] == '1' and state ~= 'pending') then
+  local member = ARGV[5] .. ':' .. ARGV[6]
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'record', ARGV[1], 'state', 'pending', 'deadline_at_ms', ARGV[2])
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
   redis.call('SADD', KEYS[3], ARGV[4])
   redis.call('SADD', KEYS[4], ARGV[5])
-  redis.call('ZREM', KEYS[6], ARGV[6])
   redis.call('ZREM', KEYS[7], ARGV[6])
-  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6])
+  redis.call('ZREM', KEYS[8], ARGV[6])
+  redis.call('ZADD', KEYS[6], ARGV[7], ARGV[6])
+  redis.call('ZADD', KEYS[9], ARGV[7], ARGV[6])
+  redis.call('ZREM', KEYS[11], member)
+  redis.call('ZREM', KEYS[12], member)
+  redis.call('ZADD', KEYS[10], ARGV[7], member)
+  redis.call('ZADD', KEYS[13], ARGV[7], member)
   created = 1
 end
 if ARGV[10] ~= '' then
-  redis.call('XACK', KEYS[8], ARGV[9], ARGV[10])
-  redis.call('XDEL', KEYS[8], ARGV[10])
+  redis.call('XACK', KEYS[5], ARGV[9], ARGV[10])
+  redis.call('XDEL', KEYS[5], ARGV[10])
 end
 return {created, redis.call('HGET', KEYS[1], 'record')}

@@ -20,12 +20,13 @@ from urllib.parse import urlsplit
 import aiohttp
 import arq.worker
 import redis.asyncio as aioredis
+from aiohttp import web
 from arq.connections import ArqRedis, RedisSettings
 from arq.worker import func
 
 from config import Settings
 from worker import hooks as hooks_mod
-from worker import webhooks
+from worker import metrics, webhooks
 from worker.api import DEFAULT_TIMEOUT_S, UpstreamClient
 from worker.classify import Policy
 from worker.clock import Clock, system_clock
@@ -105,6 +106,7 @@ class Runtime:
     scheduler: Scheduler | None = None
     hooks: dict[str, hooks_mod.Hook] = field(default_factory=dict)
     webhook_config: webhooks.WebhookConfig | None = None
+    metrics_runner: web.AppRunner | None = None
 
 
 def _runtime(ctx: dict[str, Any]) -> Runtime:
@@ -163,6 +165,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     _build(runtime, ctx["redis"], ctx["queue_name"])
     assert runtime.scheduler is not None
     await runtime.scheduler.start()
+    if runtime.settings.worker_metrics_port:
+        runtime.metrics_runner = await metrics.serve_metrics("0.0.0.0", runtime.settings.worker_metrics_port)
     logger.info("worker %s started", runtime.scheduler.worker_id)
 
 
@@ -174,6 +178,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         logger.info("worker stopped: %r", runtime.scheduler)
     if runtime.session is not None:
         await runtime.session.close()
+    if runtime.metrics_runner is not None:
+        await runtime.metrics_runner.cleanup()
 
 
 async def poll_job(ctx: dict[str, Any], service: str, token: str, claim_id: str, ids: list[str]) -> int:
@@ -192,6 +198,7 @@ async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
     if body is None or body.get("status") in ("delivered", "dead"):
         if body is not None and body["status"] == "delivered":
             await store.count("duplicate_deliveries_skipped")
+            metrics.DUPLICATES.inc()
         return "missing" if body is None else str(body["status"])
     now_ms = runtime.clock()
     outcome = await _attempt(runtime, store, body, now_ms)
@@ -203,6 +210,8 @@ async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
     elif outcome.status == "retry":
         await store.requeue_delivery(delivery_id, now_ms + int(outcome.retry_in_s * 1000))
     await store.count(f"deliveries_{outcome.status}")
+    kind = "webhook" if body["destination"].startswith(WEBHOOK_PREFIX) else "python"
+    metrics.DELIVERIES.labels(kind, outcome.status).inc()
     return outcome.status
 
 

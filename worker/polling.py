@@ -11,13 +11,14 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from worker import classify
+from worker import classify, metrics
 from worker.api import UpstreamClient
 from worker.classify import Policy
 from worker.clock import Clock
 from worker.errors import (
     UnknownService,
     UpstreamAuthError,
+    UpstreamError,
     UpstreamRejected,
     UpstreamTooLarge,
     UpstreamUnavailable,
@@ -63,7 +64,7 @@ class Poller:
         if not pending:
             return 0
         try:
-            found = await self.api.retrieve_batch(service, list(pending), token)
+            found = await self._retrieve(service, token, list(pending))
         except UpstreamUnavailable as e:
             await self._back_off(service, token, claim_id, list(pending), e)
             return 0
@@ -77,6 +78,19 @@ class Poller:
         await self.store.clear_backoff(service, token)
         self.paused_tokens.discard(token)
         return await self.apply(service, claim_id, pending, found)
+
+    async def _retrieve(self, service: str, token: str, ids: list[str]) -> Mapping[str, UpstreamTask]:
+        started_s = asyncio.get_running_loop().time()
+        code = "200"
+        try:
+            return await self.api.retrieve_batch(service, ids, token)
+        except UpstreamError as e:
+            code = str(e.status) if e.status else "network"
+            raise
+        finally:
+            metrics.REQUESTS.labels(service, code).inc()
+            metrics.REQUEST_SECONDS.labels(service).observe(asyncio.get_running_loop().time() - started_s)
+            metrics.BATCH_SIZE.observe(len(ids))
 
     async def apply(
         self, service: str, claim_id: str, pending: Mapping[str, PendingTask], found: Mapping[str, UpstreamTask]
@@ -100,12 +114,16 @@ class Poller:
         return finished
 
     async def _write(self, before: Record, decision: classify.Decision, claim_id: str, now_ms: int) -> int:
+        metrics.OBSERVATIONS.labels(before.service).inc()
         events = build_events(
             decision.events, before, decision.record, now_ms, self.destinations, callback_events=self.callback_events
         )
         if decision.terminal:
             lifetime_ms = now_ms - before.enqueued_at_ms if decision.record.reason is None else None
-            return int(await self.store.finish(decision.record, now_ms, events, lifetime_ms=lifetime_ms))
+            written = await self.store.finish(decision.record, now_ms, events, lifetime_ms=lifetime_ms)
+            if written:
+                _count_terminal(decision.record, now_ms)
+            return int(written)
         next_ms = decision.next_poll_ms if decision.next_poll_ms is not None else now_ms
         await self.store.update(
             decision.record,
@@ -124,6 +142,7 @@ class Poller:
         delay_s = classify.backoff_s(failures, BACKOFF_BASE_S, BACKOFF_CAP_S, error.retry_after_s, self.rng)
         until_ms = self.clock() + int(delay_s * 1000)
         await self.store.back_off(service, token, until_ms)
+        metrics.BACKOFFS.labels(service).inc()
         await self.store.release(service, token, claim_id, ids, until_ms)
         logger.warning("%s/%s backing off %.1fs after %r", service, token, delay_s, error)
 
@@ -171,3 +190,11 @@ class Poller:
             finished += await self._write(task.record, decision, "", now_ms)
         logger.warning("%d task(s) failed with reason %s: %s", finished, reason.value, error)
         return finished
+
+
+def _count_terminal(record: Record, now_ms: int) -> None:
+    reason = record.reason.value if record.reason else ""
+    metrics.TERMINAL.labels(record.service, record.state.value, reason).inc()
+    if record.upstream_finished_at is not None:
+        detection_s = max(0.0, now_ms / 1000 - record.upstream_finished_at)
+        metrics.DETECTION_SECONDS.labels(record.service).observe(detection_s)

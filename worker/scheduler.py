@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from worker import metrics
 from worker.clock import Clock
 from worker.errors import InvalidInput
 from worker.intake import build_request
@@ -132,6 +133,7 @@ class Scheduler:
         except InvalidInput as e:
             await self.store.reject_intake(entry_id, fields, e.message, now_ms)
             self.counters["rejected"] += 1
+            metrics.INTAKE.labels("rejected").inc()
             logger.warning("intake entry %s rejected: %s", entry_id, e.message)
             return
         await self.store.register(
@@ -142,6 +144,7 @@ class Scheduler:
             intake_entry=entry_id,
         )
         self.counters["accepted"] += 1
+        metrics.INTAKE.labels("accepted").inc()
 
     async def claim_step(self) -> float:
         """Claim every due batch of every queue; sleep until the soonest is due (at most a tick)."""

@@ -1,0 +1,71 @@
+"""Operator actions on one task (cancel, reopen), shared by the HTTP API and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from worker.classify import fail
+from worker.clock import Clock, system_clock
+from worker.events import build_events
+from worker.intake import EnqueueRequest
+from worker.models import EventType, Reason, Record
+from worker.store import Store
+
+CancelResult = tuple[Literal["cancelled", "not_found", "already_finished"], Record | None]
+
+
+@dataclass
+class Control:
+    """Cancel and reopen tasks, emitting the same events and hook deliveries a worker would.
+
+    Args:
+        store: the Redis store.
+        destinations: hook destinations by event type (``hooks.destinations_by_event``).
+        callback_events: event types sent to a task's own ``callback_url``.
+        deadline_s: default deadline for a reopened task.
+        first_poll_s: delay before a reopened task's first poll.
+        clock: epoch-ms clock.
+    """
+
+    store: Store
+    destinations: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    callback_events: Collection[str] = ()
+    deadline_s: float = 1800.0
+    first_poll_s: float = 3.0
+    clock: Clock = system_clock
+
+    async def cancel(self, service: str, task_id: str, *, silent: bool = False) -> CancelResult:
+        """Stop polling a pending task and fail it with ``reason: cancelled`` (hooks fire unless ``silent``)."""
+        record = await self.store.get(service, task_id)
+        if record is None:
+            return "not_found", None
+        if record.terminal:
+            return "already_finished", record
+        now_ms = self.clock()
+        failed = fail(record, Reason.CANCELLED, now_ms, {"code": "cancelled", "message": "cancelled by a user"})
+        destinations = {} if silent else self.destinations
+        callbacks = () if silent else self.callback_events
+        events = build_events([EventType.TASK_FAILED], record, failed, now_ms, destinations, callback_events=callbacks)
+        # the finish script refuses if a worker finished the task meanwhile: that outcome stands
+        if not await self.store.finish(failed, now_ms, events, lifetime_ms=None):
+            return "already_finished", await self.store.get(service, task_id)
+        return "cancelled", failed
+
+    async def reopen(
+        self, service: str, task_id: str
+    ) -> tuple[Literal["reopened", "not_found", "pending"], Record | None]:
+        """Restart a finished task with its token, callback and meta; a pending one is left alone."""
+        record = await self.store.get(service, task_id)
+        if record is None:
+            return "not_found", None
+        if not record.terminal:
+            return "pending", record
+        req = EnqueueRequest(
+            service, task_id, callback_url=record.callback_url, token=record.token, meta=record.meta, reopen=True
+        )
+        _, stored = await self.store.register(
+            req, self.clock(), deadline_s=self.deadline_s, first_poll_s=self.first_poll_s
+        )
+        return "reopened", stored

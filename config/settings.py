@@ -139,7 +139,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_cadence(self) -> Settings:
         if self.max_poll_s < self.poll_s:
-            raise ValueError(f"max_poll_s ({self.max_poll_s}) must be at least poll_s ({self.poll_s})")
+            raise ValueError(
+                f"ACETRACK_MAX_POLL_S ({self.max_poll_s}) must be at least ACETRACK_POLL_S ({self.poll_s})"
+            )
         return self
 
     def tokens(self) -> dict[str, str]:

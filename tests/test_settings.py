@@ -193,8 +193,15 @@ BAD_CASES = [
     pytest.param({}, {"redis_url": "redis://"}, "'redis://' has no host", id="no-host"),
     pytest.param({}, {"redis_url": "redis+sentinel://s1:26379"}, "needs a service name", id="sentinel-no-service"),
     pytest.param({}, {"redis_url": "redis+sentinel://s1:26379/"}, "needs a service name", id="sentinel-slash"),
-    pytest.param({"ACETRACK_POLL_S": "3", "ACETRACK_MAX_POLL_S": "2"}, {}, "must be at least poll_s", id="max<poll"),
-    pytest.param({}, {"poll_s": 10, "max_poll_s": 9.5}, "max_poll_s (9.5) must be at least poll_s (10.0)", id="kw"),
+    pytest.param(
+        {"ACETRACK_POLL_S": "3", "ACETRACK_MAX_POLL_S": "2"}, {}, "must be at least ACETRACK_POLL_S", id="max<poll"
+    ),
+    pytest.param(
+        {},
+        {"poll_s": 10, "max_poll_s": 9.5},
+        "ACETRACK_MAX_POLL_S (9.5) must be at least ACETRACK_POLL_S (10.0)",
+        id="kw",
+    ),
     pytest.param({"ACETRACK_HOOK_EVENTS": "task.succeeded,task.done"}, {}, "unknown event types ['task.done']"),
     pytest.param({"ACETRACK_WEBHOOK_EVENTS": "clip.failed"}, {}, "unknown event types ['clip.failed']", id="wh-ev"),
     pytest.param({"ACETRACK_SERVICES": "suno,Producer"}, {}, "service names ['Producer'] must match", id="service"),

@@ -236,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = EXIT_USAGE
     except ValidationError as e:
         first = e.errors()[0]
-        print(f"acetrack: bad setting ACETRACK_{str(first['loc'][0]).upper()}: {first['msg']}", file=sys.stderr)
+        where = f" ACETRACK_{str(first['loc'][0]).upper()}" if first["loc"] else "s"
+        print(f"acetrack: bad setting{where}: {first['msg']}", file=sys.stderr)
         code = EXIT_USAGE
     except json.JSONDecodeError as e:
         print(f"acetrack: --meta is not valid JSON ({e.msg}); pass a JSON object", file=sys.stderr)

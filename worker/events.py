@@ -49,12 +49,13 @@ def event_from_fields(fields: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _deliveries(
-    fields: dict[str, str], destinations: Sequence[str], now_ms: int, new_id: NewId
+    fields: dict[str, str], destinations: Sequence[str], now_ms: int, new_id: NewId, first_seq: int
 ) -> list[tuple[str, str]]:
     event = event_from_fields(fields)
     out = []
-    for destination in destinations:
-        delivery_id = "dlv_" + new_id()
+    for seq, destination in enumerate(destinations, start=first_seq):
+        # time and sequence first: deliveries due at the same moment leave the outbox in event order
+        delivery_id = f"dlv_{now_ms:011x}_{seq:03d}_{new_id()}"
         body = {
             "delivery_id": delivery_id,
             "event_id": fields["event_id"],
@@ -98,5 +99,5 @@ def build_events(
         dests = list(destinations.get(event_type.value, ()))
         if after.callback_url and event_type.value in callback_events:
             dests.append(WEBHOOK_PREFIX + after.callback_url)
-        out.append(OutEvent(fields, _deliveries(fields, dests, now_ms, new_id)))
+        out.append(OutEvent(fields, _deliveries(fields, dests, now_ms, new_id, sum(len(e.deliveries) for e in out))))
     return out

@@ -90,7 +90,8 @@ def build_events(
         callback_events: event types sent to the task's own ``callback_url`` (``ACETRACK_WEBHOOK_EVENTS``).
     """
     fresh = iter(newly_succeeded(before.clips, after.clips))
-    out = []
+    out: list[OutEvent] = []
+    seq = 0
     for event_type in events:
         fields = event_fields(event_type, after, now_ms, "evt_" + new_id())
         if event_type is EventType.CLIP_SUCCEEDED:
@@ -99,5 +100,6 @@ def build_events(
         dests = list(destinations.get(event_type.value, ()))
         if after.callback_url and event_type.value in callback_events:
             dests.append(WEBHOOK_PREFIX + after.callback_url)
-        out.append(OutEvent(fields, _deliveries(fields, dests, now_ms, new_id, sum(len(e.deliveries) for e in out))))
+        out.append(OutEvent(fields, _deliveries(fields, dests, now_ms, new_id, seq)))
+        seq += len(dests)
     return out

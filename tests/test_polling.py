@@ -124,3 +124,19 @@ async def test_network_error_keeps_tasks_pending(backend: Backend, session: aioh
     record = await store.get("suno", "t1")
     assert record is not None and record.state is TaskState.PENDING
     assert await store.backoff_failures("suno", "default") == 1
+
+
+async def test_a_task_naming_an_unconfigured_token_fails_as_rejected(
+    backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    url, _ = await make_sim(auto=False)
+    store = backend.store()
+    await store.register(
+        EnqueueRequest("suno", "t1", token="backup"), system_clock() - 10, deadline_s=60, first_poll_s=0
+    )
+    got = await store.claim("suno", "backup", system_clock(), **CLAIM)  # type: ignore[arg-type]
+    assert isinstance(got, tuple)
+    await make_poller(store, session, url).poll_batch("suno", "backup", got[0], got[1])
+    record = await store.get("suno", "t1")
+    assert record is not None and record.reason is Reason.REJECTED
+    assert record.error is not None and "backup" in str(record.error["message"])

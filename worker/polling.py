@@ -16,6 +16,7 @@ from worker.api import UpstreamClient
 from worker.classify import Policy
 from worker.clock import Clock
 from worker.errors import (
+    ConfigError,
     UnknownService,
     UpstreamAuthError,
     UpstreamError,
@@ -75,6 +76,8 @@ class Poller:
             return await self._fail_all(pending, Reason.UNKNOWN_SERVICE, e)
         except UpstreamRejected as e:
             return await self._split(service, token, claim_id, pending, e)
+        except ConfigError as e:  # a task names a token this worker does not have
+            return await self._fail_all(pending, Reason.REJECTED, e)
         await self.store.clear_backoff(service, token)
         self.paused_tokens.discard(token)
         return await self.apply(service, claim_id, pending, found)
@@ -181,9 +184,12 @@ class Poller:
         while (wait_ms := await self.store.spend(token, self.clock(), self.rate_limit_rps)) > 0:
             await asyncio.sleep(wait_ms / 1000)
 
-    async def _fail_all(self, pending: Mapping[str, PendingTask], reason: Reason, error: UpstreamRejected) -> int:
+    async def _fail_all(
+        self, pending: Mapping[str, PendingTask], reason: Reason, error: UpstreamRejected | ConfigError
+    ) -> int:
         now_ms = self.clock()
-        detail: dict[str, str | None] = {"code": error.code or str(error.status), "message": str(error)}
+        code = (error.code or str(error.status)) if isinstance(error, UpstreamRejected) else "unknown_token"
+        detail: dict[str, str | None] = {"code": code, "message": str(error)}
         finished = 0
         for task in pending.values():
             decision = classify.Decision(classify.fail(task.record, reason, now_ms, detail), [EventType.TASK_FAILED])

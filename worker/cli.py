@@ -1,6 +1,7 @@
 """``acetrack``: the composition root. Parses argv, builds ``Settings``, configures logging, runs.
 
-Exit codes: 0 success, 1 a lookup or check found a problem (task not found), 2 bad usage or input.
+Exit codes: 0 success, 1 a lookup or check found a problem (task not found, unhealthy), 2 bad
+usage or input, each with one line on stderr.
 """
 
 from __future__ import annotations
@@ -11,20 +12,17 @@ import json
 import logging.config
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from config import Settings
-from worker.clock import system_clock
+from worker import commands
+from worker.commands import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from worker.errors import AcetrackError, ConfigError, InvalidInput
-from worker.store import Store
-from worker.tracker import Tracker
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 
 def default_log_config(level: str, as_json: bool) -> dict[str, Any]:
@@ -46,11 +44,18 @@ def default_log_config(level: str, as_json: bool) -> dict[str, Any]:
     }
 
 
+def _task_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("service")
+    parser.add_argument("id")
+    parser.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``acetrack`` argument parser."""
     parser = argparse.ArgumentParser(prog="acetrack", description="Track Ace Data Cloud tasks to completion.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("worker", help="run a worker (intake, batched polling, hooks)")
+    sub.add_parser("serve", help="serve the HTTP API")
     sub.add_parser("demo", help="run the embedded demo: no Redis server, no token")
     sim = sub.add_parser("sim", help="serve the Tasks API simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -67,10 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--token", help="name of a configured API token")
     enqueue.add_argument("--reopen", action="store_true", help="restart a finished task")
     enqueue.add_argument("--json", action="store_true")
-    status = sub.add_parser("status", help="show a task's record")
-    status.add_argument("service")
-    status.add_argument("id")
-    status.add_argument("--json", action="store_true")
+    _task_args(sub.add_parser("status", help="show a task's record"))
+    listing = sub.add_parser("list", help="list tasks, oldest first")
+    listing.add_argument("--state", choices=["pending", "succeeded", "failed"])
+    listing.add_argument("--service")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true")
+    cancel = sub.add_parser("cancel", help="stop tracking a pending task (failed, reason cancelled)")
+    _task_args(cancel)
+    cancel.add_argument("--silent", action="store_true", help="do not fire hooks or webhooks")
+    _task_args(sub.add_parser("reopen", help="restart a finished task"))
+    sub.add_parser("stats", help="counts, backlog and workers").add_argument("--json", action="store_true")
+    check = sub.add_parser("check", help="health probe: exit 0 healthy, 1 not")
+    check.add_argument("--local", action="store_true", help="require a worker on this host")
+    check.add_argument("--json", action="store_true")
+    watch = sub.add_parser("watch", help="live progress until the tasks finish")
+    watch.add_argument("service", nargs="?")
+    watch.add_argument("ids", nargs="*", metavar="ID")
+    watch.add_argument("--all", action="store_true", help="every pending task (of SERVICE, if given)")
+    watch.add_argument("--interval-s", type=float, default=0.5)
+    watch.add_argument("--json", action="store_true")
     _add_hooks_parser(sub)
     return parser
 
@@ -89,109 +110,30 @@ def _add_hooks_parser(sub: Any) -> None:
     enable.add_argument("url")
 
 
-def _tracker(settings: Settings) -> Tracker:
-    if settings.redis_url is None:
-        raise ConfigError("ACETRACK_REDIS_URL is not set; e.g. ACETRACK_REDIS_URL=redis://localhost:6379/0")
-    return Tracker.from_url(
-        settings.redis_url,
-        prefix=settings.key_prefix,
-        deadline_s=settings.deadline_s,
-        first_poll_s=settings.first_poll_s,
-        services=settings.services,
-        allow_hosts=settings.webhook_allow_hosts,
-    )
-
-
-async def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
-    tracker = _tracker(settings)
+async def _redis_command(settings: Settings, args: argparse.Namespace) -> int:
+    tracker = commands.tracker_from(settings)
     try:
-        for task_id in args.ids:  # validate every id before storing any
-            Tracker.validate(args.service, task_id, settings.services)
-        for task_id in args.ids:
-            record = await tracker.enqueue(
-                args.service,
-                task_id,
-                callback_url=args.callback_url,
-                deadline_s=args.deadline_s,
-                token=args.token,
-                meta=json.loads(args.meta) if args.meta else None,
-                reopen=args.reopen,
-            )
-            print(json.dumps(record.to_dict()) if args.json else f"{record.service}/{record.id} {record.state.value}")
+        match args.command:
+            case "enqueue":
+                return await commands.enqueue(settings, tracker, args)
+            case "status":
+                return await commands.status(tracker, args)
+            case "list":
+                return await commands.list_tasks(tracker, args)
+            case "cancel":
+                return await commands.cancel(settings, tracker, args)
+            case "reopen":
+                return await commands.reopen(settings, tracker, args)
+            case "stats":
+                return await commands.stats(tracker, args)
+            case "check":
+                return await commands.check(tracker, args)
+            case "watch":
+                return await commands.watch(tracker, args)
+            case _:
+                return await commands.hooks(tracker, args)
     finally:
         await tracker.close()
-    return EXIT_OK
-
-
-async def _status(settings: Settings, args: argparse.Namespace) -> int:
-    tracker = _tracker(settings)
-    try:
-        record = await tracker.get(args.service, args.id)
-    finally:
-        await tracker.close()
-    if record is None:
-        print(f"acetrack: task {args.service}/{args.id} is not tracked", file=sys.stderr)
-        return EXIT_PROBLEM
-    if args.json:
-        print(json.dumps(record.to_dict(), indent=2))
-        return EXIT_OK
-    clips = ", ".join(f"{c.title or c.id} ({c.state.value})" for c in record.clips) or "no clips yet"
-    reason = f" ({record.reason.value})" if record.reason else ""
-    print(f"{record.service}/{record.id}: {record.state.value}{reason}, progress {record.progress}, {clips}")
-    return EXIT_OK
-
-
-async def _hooks(settings: Settings, args: argparse.Namespace) -> int:
-    tracker = _tracker(settings)
-    store = tracker.store
-    try:
-        if args.verb == "list":
-            return await _hooks_list(store, args)
-        if args.verb == "enable":
-            found = await store.enable_url(args.url)
-            print(f"{args.url} enabled" if found else f"{args.url} was not disabled")
-            return EXIT_OK
-        ids = [args.delivery_id] if args.delivery_id else await store.dead_since(_iso_ms(args.since))
-        replayed = [d for d in ids if await store.replay(d, system_clock())]
-        for delivery_id in replayed:
-            print(f"{delivery_id} queued again")
-        if args.delivery_id and not replayed:
-            print(f"acetrack: delivery {args.delivery_id} not found (expired or never existed)", file=sys.stderr)
-            return EXIT_PROBLEM
-        return EXIT_OK
-    finally:
-        await tracker.close()
-
-
-async def _hooks_list(store: Store, args: argparse.Namespace) -> int:
-    if args.dead:
-        bodies = [b for b in [await store.load_delivery(d) for d in await store.dead_letters()] if b]
-    else:
-        bodies = await store.deliveries()
-    for body in bodies:
-        summary = {k: body.get(k) for k in ("delivery_id", "event_id", "destination", "status", "reason", "tries")}
-        summary["attempts"] = body.get("attempts")
-        if args.json:
-            print(json.dumps(summary))
-        else:
-            last = (body.get("attempts") or [{}])[-1]
-            print(f"{body['delivery_id']} {body['status']:<9} {body['destination']} last: {last.get('error') or 'ok'}")
-    return EXIT_OK
-
-
-def _iso_ms(text: str) -> int:
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise InvalidInput("since", f"--since {text!r} is not an ISO 8601 time like 2026-11-25T09:00:00Z") from e
-    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
-
-
-def _run_worker(settings: Settings) -> int:
-    from worker import jobs
-
-    jobs.run_worker(jobs.build_worker_settings(settings))
-    return EXIT_OK
 
 
 def _run_sim(args: argparse.Namespace) -> int:
@@ -216,12 +158,16 @@ def dispatch(args: argparse.Namespace) -> int:
     settings = Settings()
     logging.config.dictConfig(default_log_config(settings.log_level, settings.log_json))
     if args.command == "worker":
-        return _run_worker(settings)
-    if args.command == "enqueue":
-        return asyncio.run(_enqueue(settings, args))
-    if args.command == "hooks":
-        return asyncio.run(_hooks(settings, args))
-    return asyncio.run(_status(settings, args))
+        from worker import jobs
+
+        jobs.run_worker(jobs.build_worker_settings(settings))
+        return EXIT_OK
+    if args.command == "serve":
+        from worker.http import serve
+
+        asyncio.run(serve(settings))
+        return EXIT_OK
+    return asyncio.run(_redis_command(settings, args))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -242,7 +188,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except json.JSONDecodeError as e:
         print(f"acetrack: --meta is not valid JSON ({e.msg}); pass a JSON object", file=sys.stderr)
         code = EXIT_USAGE
+    except (RedisError, OSError) as e:
+        print(f"acetrack: cannot reach Redis ({e}); check ACETRACK_REDIS_URL", file=sys.stderr)
+        code = EXIT_PROBLEM
     except AcetrackError as e:
         print(f"acetrack: {e}", file=sys.stderr)
+        code = EXIT_PROBLEM
+    except KeyboardInterrupt:
         code = EXIT_PROBLEM
     sys.exit(code)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from worker.classify import fail
 from worker.clock import Clock, system_clock
@@ -69,3 +69,22 @@ class Control:
             req, self.clock(), deadline_s=self.deadline_s, first_poll_s=self.first_poll_s
         )
         return "reopened", stored
+
+
+async def collect_stats(store: Store, now_ms: int) -> dict[str, Any]:
+    """Counts by service and state, backlog, oldest pending age, live workers, counters."""
+    services: dict[str, Any] = {}
+    for service in await store.services():
+        counts: dict[str, Any] = await store.count_by_state(service)
+        oldest = await store.oldest_pending_ms(service)
+        counts["oldest_pending_age_s"] = None if oldest is None else round((now_ms - oldest) / 1000, 1)
+        services[service] = counts
+    workers = await store.workers()
+    return {
+        "services": services,
+        "totals": await store.count_by_state(None),
+        "backlog": await store.backlog(now_ms),
+        "workers": workers,
+        "paused_tokens": sorted({t for w in workers for t in w.get("paused_tokens", [])}),
+        "counters": await store.counters(),
+    }

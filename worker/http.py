@@ -6,6 +6,7 @@ validated whole before anything is stored.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -16,16 +17,19 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from config import Settings
 from worker import metrics
 from worker.clock import Clock, system_clock
-from worker.control import Control
-from worker.errors import InvalidInput, StoreError
+from worker.control import Control, collect_stats
+from worker.errors import ConfigError, InvalidInput, StoreError
+from worker.hooks import destinations_by_event
 from worker.intake import EnqueueRequest, build_request, check_id, check_service
 from worker.models import Record, TaskState
-from worker.store import Store
+from worker.store import Store, create_redis
 from worker.webhooks import screen
 
 logger = logging.getLogger(__name__)
@@ -277,24 +281,7 @@ async def replay_hook(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     """``GET /stats``: counts by service and state, backlog, oldest pending age, workers."""
     api = request.app[API]
-    store, now_ms = api.store, api.clock()
-    services = {}
-    for service in await store.services():
-        oldest = await store.oldest_pending_ms(service)
-        counts: dict[str, Any] = await store.count_by_state(service)
-        counts["oldest_pending_age_s"] = None if oldest is None else (now_ms - oldest) / 1000
-        services[service] = counts
-    workers = await store.workers()
-    return web.json_response(
-        {
-            "services": services,
-            "totals": await store.count_by_state(None),
-            "backlog": await store.backlog(now_ms),
-            "workers": workers,
-            "paused_tokens": sorted({t for w in workers for t in w.get("paused_tokens", [])}),
-            "counters": await store.counters(),
-        }
-    )
+    return web.json_response(await collect_stats(api.store, api.clock()))
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -349,3 +336,43 @@ def create_app(api: Api) -> web.Application:
     app.router.add_get("/metrics", metrics_route)
     app.router.add_get("/openapi.json", openapi)
     return app
+
+
+def control_from_settings(settings: Settings, store: Store) -> Control:
+    """Cancel/reopen with the same hook destinations a worker uses."""
+    destinations = destinations_by_event(
+        settings.hooks, settings.hook_events, settings.webhook_urls, settings.webhook_events
+    )
+    return Control(store, destinations, frozenset(settings.webhook_events), settings.deadline_s, settings.first_poll_s)
+
+
+def api_from_settings(settings: Settings, redis: aioredis.Redis) -> Api:
+    """The API's dependencies from the settings and a ready ``decode_responses`` client."""
+    store = Store(redis, settings.key_prefix, retention_s=settings.retention_s, events_maxlen=settings.events_maxlen)
+    control = control_from_settings(settings, store)
+    token = settings.http_token.get_secret_value() if settings.http_token else None
+    return Api(
+        store,
+        control,
+        services=settings.services,
+        allow_hosts=settings.webhook_allow_hosts,
+        deadline_s=settings.deadline_s,
+        first_poll_s=settings.first_poll_s,
+        http_token=token or None,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Serve the API on ``ACETRACK_HTTP_HOST:ACETRACK_HTTP_PORT`` until cancelled."""
+    if settings.redis_url is None:
+        raise ConfigError("ACETRACK_REDIS_URL is not set; e.g. redis://localhost:6379/0")
+    redis = create_redis(settings.redis_url)
+    runner = web.AppRunner(create_app(api_from_settings(settings, redis)), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+        logger.info("acetrack API listening on http://%s:%s", settings.http_host, settings.http_port)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await redis.aclose()

@@ -43,6 +43,8 @@ DELIVER_JOB = "deliver"
 #: arq keeps a finished job's id this long, so a delivery handed over twice runs once
 KEEP_RESULT_S = 60
 MAX_CONCURRENT_JOBS = 50
+#: one try of one delivery (a webhook try is bounded by its 15 s timeout; a Python hook by this)
+DELIVER_TIMEOUT_S = 60
 
 
 def serialize(data: dict[str, Any]) -> bytes:
@@ -155,6 +157,7 @@ def _build(runtime: Runtime, pool: ArqRedis, queue_name: str) -> None:
         cadence,
         services=s.services,
         tokens=tokens.keys(),
+        allow_hosts=frozenset(s.webhook_allow_hosts),
         heartbeat_info=lambda: {"ready": not poller.paused_tokens, "paused_tokens": sorted(poller.paused_tokens)},
     )
 
@@ -196,23 +199,42 @@ async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
     assert store is not None
     body = await store.load_delivery(delivery_id)
     if body is None or body.get("status") in ("delivered", "dead"):
+        await store.outbox_done(delivery_id)
         if body is not None and body["status"] == "delivered":
             await store.count("duplicate_deliveries_skipped")
             metrics.DUPLICATES.inc()
         return "missing" if body is None else str(body["status"])
     now_ms = runtime.clock()
+    await _mark_sending(runtime, store, body, now_ms)
     outcome = await _attempt(runtime, store, body, now_ms)
+    body["sending_since_ms"] = None
     await store.save_delivery(delivery_id, body)
     if outcome.disable_url:
         await store.disable_url(body["destination"].removeprefix(WEBHOOK_PREFIX), now_ms)
     if outcome.status == "dead":
         await store.dead_letter(delivery_id, now_ms)
-    elif outcome.status == "retry":
+    if outcome.status == "retry":
         await store.requeue_delivery(delivery_id, now_ms + int(outcome.retry_in_s * 1000))
+    else:
+        await store.outbox_done(delivery_id)
     await store.count(f"deliveries_{outcome.status}")
     kind = "webhook" if body["destination"].startswith(WEBHOOK_PREFIX) else "python"
     metrics.DELIVERIES.labels(kind, outcome.status).inc()
     return outcome.status
+
+
+async def _mark_sending(runtime: Runtime, store: Store, body: dict[str, Any], now_ms: int) -> None:
+    if body.get("sending_since_ms"):
+        # an earlier try started and never recorded its end (its worker died): the receiver may
+        # already have it, so this try may be a duplicate (same webhook-id)
+        await store.count("possible_duplicate_deliveries")
+        metrics.DUPLICATES.inc()
+    body["sending_since_ms"] = now_ms
+    await store.save_delivery(body["delivery_id"], body)
+    # keep the delivery leased for this whole try; if the worker dies, it is handed over again after
+    is_webhook = body["destination"].startswith(WEBHOOK_PREFIX)
+    try_s = runtime.webhook_config.timeout_s if is_webhook and runtime.webhook_config else DELIVER_TIMEOUT_S
+    await store.requeue_delivery(body["delivery_id"], now_ms + int((try_s + runtime.settings.lease_s) * 1000))
 
 
 async def _attempt(runtime: Runtime, store: Store, body: dict[str, Any], now_ms: int) -> hooks_mod.Outcome:
@@ -246,7 +268,7 @@ def build_worker_settings(
         "functions": [
             func(poll_job, name=POLL_JOB, max_tries=1, timeout=max(60.0, settings.lease_s)),
             # a try's own failures are rescheduled through the outbox; arq retries only crashed jobs
-            func(deliver_job, name=DELIVER_JOB, max_tries=3, timeout=300),
+            func(deliver_job, name=DELIVER_JOB, max_tries=3, timeout=DELIVER_TIMEOUT_S),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -25,7 +25,10 @@ DETECTION_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300),
 )
 DELIVERIES = Counter("acetrack_deliveries_total", "Hook and webhook delivery tries by outcome", ["kind", "outcome"])
-DUPLICATES = Counter("acetrack_delivery_duplicates_total", "Deliveries handed over again after they were made")
+DUPLICATES = Counter(
+    "acetrack_delivery_duplicates_total",
+    "Delivery tries that may repeat one a dead worker made, or were skipped as done",
+)
 INTAKE = Counter("acetrack_intake_total", "Intake stream entries by result", ["result"])
 TASKS = Gauge("acetrack_tasks", "Tasks tracked in Redis by service and state", ["service", "state"])
 

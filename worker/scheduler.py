@@ -169,11 +169,11 @@ class Scheduler:
         return max(soonest_ms, 1) / 1000
 
     async def outbox_step(self) -> float:
-        """Hand due deliveries to the job queue, then drop them from the outbox."""
-        taken = await self.store.take_outbox(self.clock(), OUTBOX_BATCH)
+        """Hand due deliveries to the job queue. They stay in the outbox, leased, until a try ends:
+        a worker that dies mid-try loses nothing, the delivery is handed over again after the lease."""
+        taken = await self.store.take_outbox(self.clock(), OUTBOX_BATCH, lease_ms=self.cadence.lease_ms)
         for delivery_id, due_ms in taken:
             await self.queue.deliver(delivery_id, due_ms)
-            await self.store.outbox_done(delivery_id)
         return 0.0 if len(taken) == OUTBOX_BATCH else TICK_S
 
     async def upkeep_step(self) -> float:

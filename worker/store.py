@@ -30,8 +30,6 @@ logger = logging.getLogger(__name__)
 INTAKE_GROUP = "acetrack-workers"
 #: how long an intake entry may sit unacknowledged with a dead consumer before another takes it
 INTAKE_RECLAIM_MS = 30_000
-#: how long a dispatcher holds outbox entries while it hands them to the job queue
-OUTBOX_LEASE_MS = 30_000
 #: finished poll-time samples kept per service for learning its usual lifetime
 LIFETIME_SAMPLES = 200
 #: a service's back-off failure count is forgotten after an hour without failures
@@ -404,9 +402,9 @@ class Store:
         return [int(v) / 1000 for v in raw]
 
     # -- outbox -----------------------------------------------------------------------------
-    async def take_outbox(self, now_ms: int, count: int) -> list[tuple[str, int]]:
-        """Due deliveries as (id, due_ms), leased to this dispatcher for ``OUTBOX_LEASE_MS``."""
-        flat = await self._scripts["take_outbox"](keys=[self.outbox_key], args=[now_ms, OUTBOX_LEASE_MS, count])
+    async def take_outbox(self, now_ms: int, count: int, lease_ms: int = 30_000) -> list[tuple[str, int]]:
+        """Due deliveries as (id, due_ms), leased to this dispatcher for ``lease_ms``."""
+        flat = await self._scripts["take_outbox"](keys=[self.outbox_key], args=[now_ms, lease_ms, count])
         return [(str(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
     async def requeue_delivery(self, delivery_id: str, due_ms: int) -> None:

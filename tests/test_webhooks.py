@@ -674,3 +674,28 @@ async def crash_and_recover(
     # a copy is sent again only for a delivery whose try was cut off, and each such try is counted
     assert duplicates <= min(len(leased), counters.get("possible_duplicate_deliveries", 0))
     assert [(await delivery_of(store, t))["status"] for t in ids] == ["delivered"] * len(ids)
+
+
+async def test_a_slow_destination_never_delays_polling(backend: Backend, make_sim: MakeSim, receiver: Receiver) -> None:
+    """More slow deliveries than a worker has job slots: every task still finishes on polling's own time."""
+    url, state = await make_sim(auto=False)
+    receiver.default = Answer(sleep_s=3.0)
+    tracker = Tracker.over(backend.redis, first_poll_s=0.1)
+    ids = [f"slow-{i}" for i in range(jobs.MAX_CONCURRENT_JOBS + 20)]
+    for task_id in ids:
+        state.add_task("suno", task_id, script="succeed", run_s=0.3, clip_gap_s=0.0)
+        await tracker.enqueue("suno", task_id)
+    async with worker(backend, hook_settings(url, receiver, poll_s=0.3)):
+        started = time.monotonic()
+        done = await eventually(
+            lambda: _all_terminal(tracker, ids), timeout_s=2.5
+        )  # well before the first 3 s webhook answers
+        elapsed_s = time.monotonic() - started
+        in_flight = len(receiver.hits)
+    assert done, "tasks waited for slow webhook deliveries"
+    assert elapsed_s < 3.0 and in_flight < len(ids)
+
+
+async def _all_terminal(tracker: Tracker, ids: list[str]) -> bool:
+    records = await tracker.store.get_many(("suno", i) for i in ids)
+    return all(r is not None and r.terminal for r in records)

@@ -77,9 +77,10 @@ def redis_settings(url: str) -> RedisSettings:
 class ArqJobQueue:
     """The scheduler's ``JobQueue`` over an ``ArqRedis`` pool."""
 
-    def __init__(self, pool: ArqRedis, queue_name: str) -> None:
+    def __init__(self, pool: ArqRedis, queue_name: str, deliver_queue_name: str) -> None:
         self.pool = pool
         self.queue_name = queue_name
+        self.deliver_queue_name = deliver_queue_name
 
     async def poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> None:
         """Queue one batch poll; the claim id makes the job id unique."""
@@ -90,7 +91,10 @@ class ArqJobQueue:
     async def deliver(self, delivery_id: str, due_ms: int) -> None:
         """Queue one try of a delivery; the same try handed over twice (same due time) runs once."""
         await self.pool.enqueue_job(
-            DELIVER_JOB, delivery_id, _job_id=f"{DELIVER_JOB}:{delivery_id}:{due_ms}", _queue_name=self.queue_name
+            DELIVER_JOB,
+            delivery_id,
+            _job_id=f"{DELIVER_JOB}:{delivery_id}:{due_ms}",
+            _queue_name=self.deliver_queue_name,
         )
 
 
@@ -109,6 +113,8 @@ class Runtime:
     hooks: dict[str, hooks_mod.Hook] = field(default_factory=dict)
     webhook_config: webhooks.WebhookConfig | None = None
     metrics_runner: web.AppRunner | None = None
+    #: arq workers (the poll and the delivery queue's) that started with this runtime and not yet stopped
+    users: int = 0
 
 
 def _runtime(ctx: dict[str, Any]) -> Runtime:
@@ -116,7 +122,7 @@ def _runtime(ctx: dict[str, Any]) -> Runtime:
     return runtime
 
 
-def _build(runtime: Runtime, pool: ArqRedis, queue_name: str) -> None:
+def _build(runtime: Runtime, pool: ArqRedis, queue_name: str, deliver_queue_name: str) -> None:
     s = runtime.settings
     tokens = s.tokens()
     if not tokens:
@@ -152,7 +158,7 @@ def _build(runtime: Runtime, pool: ArqRedis, queue_name: str) -> None:
     poller = runtime.poller
     runtime.scheduler = Scheduler(
         store,
-        ArqJobQueue(pool, queue_name),
+        ArqJobQueue(pool, queue_name, deliver_queue_name),
         runtime.clock,
         cadence,
         services=s.services,
@@ -163,9 +169,12 @@ def _build(runtime: Runtime, pool: ArqRedis, queue_name: str) -> None:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    """arq ``on_startup``: build the runtime and start the scheduler's loops."""
+    """arq ``on_startup`` of both queues' workers: the first builds the runtime and starts the loops."""
     runtime = _runtime(ctx)
-    _build(runtime, ctx["redis"], ctx["queue_name"])
+    runtime.users += 1
+    if runtime.scheduler is not None:
+        return
+    _build(runtime, ctx["redis"], ctx["queue_name"], ctx["deliver_queue_name"])
     assert runtime.scheduler is not None
     await runtime.scheduler.start()
     if runtime.settings.worker_metrics_port:
@@ -174,8 +183,11 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    """arq ``on_shutdown``: stop the loops and close the session."""
+    """arq ``on_shutdown``: the last of the two workers stops the loops and closes the session."""
     runtime = _runtime(ctx)
+    runtime.users -= 1
+    if runtime.users > 0:
+        return
     if runtime.scheduler is not None:
         await runtime.scheduler.stop()
         logger.info("worker stopped: %r", runtime.scheduler)
@@ -206,7 +218,12 @@ async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
         return "missing" if body is None else str(body["status"])
     now_ms = runtime.clock()
     await _mark_sending(runtime, store, body, now_ms)
-    outcome = await _attempt(runtime, store, body, now_ms)
+    try:
+        outcome = await _attempt(runtime, store, body, now_ms)
+    except asyncio.CancelledError:
+        # a stopping worker hands the try back at once instead of waiting out the lease
+        await asyncio.shield(store.requeue_delivery(delivery_id, runtime.clock()))
+        raise
     body["sending_since_ms"] = None
     await store.save_delivery(delivery_id, body)
     if outcome.disable_url:
@@ -264,11 +281,10 @@ def build_worker_settings(
         hook_retry_s: delays between tries of a failing Python hook.
     """
     queue_name = f"{settings.key_prefix}:arq:queue"
+    deliver_queue_name = f"{settings.key_prefix}:arq:deliveries"
     kwargs: dict[str, Any] = {
         "functions": [
             func(poll_job, name=POLL_JOB, max_tries=1, timeout=max(60.0, settings.lease_s)),
-            # a try's own failures are rescheduled through the outbox; arq retries only crashed jobs
-            func(deliver_job, name=DELIVER_JOB, max_tries=3, timeout=DELIVER_TIMEOUT_S),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,
@@ -278,7 +294,11 @@ def build_worker_settings(
         "keep_result": KEEP_RESULT_S,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
-        "ctx": {"acetrack": Runtime(settings, clock, store_redis, hook_retry_s), "queue_name": queue_name},
+        "ctx": {
+            "acetrack": Runtime(settings, clock, store_redis, hook_retry_s),
+            "queue_name": queue_name,
+            "deliver_queue_name": deliver_queue_name,
+        },
     }
     if redis_pool is not None:
         kwargs["redis_pool"] = redis_pool
@@ -289,14 +309,56 @@ def build_worker_settings(
     return kwargs
 
 
-def create_worker(kwargs: dict[str, Any], **overrides: Any) -> arq.worker.Worker:
-    """An arq ``Worker`` from ``build_worker_settings`` output (tests pass ``burst`` etc. as overrides)."""
-    return arq.worker.Worker(**{**kwargs, **overrides})
+def _deliver_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    # deliveries run on their own queue and job slots: slow webhooks never hold up polling
+    return {
+        **kwargs,
+        # a try's own failures are rescheduled through the outbox; arq retries only crashed jobs
+        "functions": [func(deliver_job, name=DELIVER_JOB, max_tries=3, timeout=DELIVER_TIMEOUT_S)],
+        "queue_name": kwargs["ctx"]["deliver_queue_name"],
+    }
+
+
+def create_workers(kwargs: dict[str, Any], **overrides: Any) -> list[arq.worker.Worker]:
+    """The poll queue's and the delivery queue's arq workers, sharing one runtime."""
+    return [arq.worker.Worker(**{**kw, **overrides}) for kw in (kwargs, _deliver_kwargs(kwargs))]
+
+
+@asynccontextmanager
+async def running_worker(kwargs: dict[str, Any], **overrides: Any) -> AsyncIterator[arq.worker.Worker]:
+    """Run a worker process's arq workers in this event loop; yields the poll queue's worker.
+
+    On exit they stop as on SIGTERM: running jobs are cancelled (polls give their claims back,
+    deliveries go back to the outbox) and the loops end.
+    """
+    workers = create_workers(kwargs, handle_signals=False, **overrides)
+    mains = [asyncio.create_task(worker.main()) for worker in workers]
+    for worker, main in zip(workers, mains, strict=True):
+        worker.main_task = main
+    try:
+        yield workers[0]
+    finally:
+        for worker in workers:
+            worker.handle_sig(signal.SIGUSR1)  # cancels the main loop and the running jobs
+        for worker, main in zip(workers, mains, strict=True):
+            await asyncio.gather(main, *worker.tasks.values(), return_exceptions=True)
+            worker.tasks.clear()
+            await worker.close()
 
 
 def run_worker(kwargs: dict[str, Any]) -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM."""
-    arq.worker.run_worker(kwargs)
+    asyncio.run(_run_until_signal(kwargs))
+
+
+async def _run_until_signal(kwargs: dict[str, Any]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_worker(kwargs):
+        await stop.wait()
+    logger.info("worker stopped by signal")
 
 
 async def _skip_redis_info(*_: Any) -> None:
@@ -311,17 +373,3 @@ def allow_fakeredis() -> None:
 def arq_pool_over(connection_pool: aioredis.ConnectionPool) -> ArqRedis:
     """An ``ArqRedis`` with acetrack's JSON serializer over an existing connection pool."""
     return ArqRedis(pool_or_conn=connection_pool, job_serializer=serialize, job_deserializer=deserialize)
-
-
-@asynccontextmanager
-async def running_worker(kwargs: dict[str, Any], **overrides: Any) -> AsyncIterator[arq.worker.Worker]:
-    """Run an arq worker in this event loop (demo, tests); on exit stop it as a signal would."""
-    worker = create_worker(kwargs, handle_signals=False, **overrides)
-    worker.main_task = asyncio.create_task(worker.main())
-    try:
-        yield worker
-    finally:
-        worker.handle_sig(signal.SIGUSR1)  # cancels the main loop and running jobs (claims are released)
-        await asyncio.gather(worker.main_task, *worker.tasks.values(), return_exceptions=True)
-        worker.tasks.clear()
-        await worker.close()

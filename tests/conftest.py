@@ -28,6 +28,11 @@ from worker.demo import fake_pool
 from worker.store import Store
 
 SKIPPED_REAL: list[str] = []
+#: every field of the stored record, as DESIGN.md §2 lists them (always present)
+RECORD_FIELDS = frozenset(
+    "v service id state reason partial progress clips error attempts enqueued_at_ms updated_at_ms finished_at_ms "
+    "upstream_finished_at callback_url token meta response".split()
+)
 
 
 def _free_port() -> int:

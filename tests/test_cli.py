@@ -18,31 +18,11 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import Backend, require_real_redis
+from conftest import RECORD_FIELDS, Backend, require_real_redis
 from worker.errors import InvalidInput
 from worker.tracker import Tracker
 
 REPO = Path(__file__).resolve().parents[1]
-RECORD_FIELDS = {
-    "v",
-    "service",
-    "id",
-    "state",
-    "reason",
-    "partial",
-    "progress",
-    "clips",
-    "error",
-    "attempts",
-    "enqueued_at_ms",
-    "updated_at_ms",
-    "finished_at_ms",
-    "upstream_finished_at",
-    "callback_url",
-    "token",
-    "meta",
-    "response",
-}
 
 
 @dataclass

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import Backend
+from conftest import RECORD_FIELDS, Backend
 from worker.classify import fail
 from worker.events import build_events
 from worker.intake import EnqueueRequest
@@ -35,27 +35,7 @@ async def test_every_record_field_is_present(backend: Backend) -> None:
     store = backend.store()
     await register(store, "t1")
     raw = json.loads(await backend.redis.hget(store.task_key("suno", "t1"), "record"))
-    expected = {
-        "v",
-        "service",
-        "id",
-        "state",
-        "reason",
-        "partial",
-        "progress",
-        "clips",
-        "error",
-        "attempts",
-        "enqueued_at_ms",
-        "updated_at_ms",
-        "finished_at_ms",
-        "upstream_finished_at",
-        "callback_url",
-        "token",
-        "meta",
-        "response",
-    }
-    assert set(raw) == expected
+    assert set(raw) == RECORD_FIELDS
     assert raw["state"] == "pending" and raw["response"] is None
 
 

@@ -20,7 +20,7 @@ from worker import metrics
 from worker.clock import Clock
 from worker.errors import InvalidInput
 from worker.intake import build_request
-from worker.store import Store
+from worker.store import REDIS_DOWN, Store
 from worker.webhooks import screen
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ TICK_S = 0.05
 HEARTBEAT_S = 5.0
 PRUNE_EVERY_S = 60.0
 RECLAIM_EVERY_S = 10.0
+MAX_OUTAGE_SLEEP_S = 5.0
 INTAKE_BATCH = 500
 OUTBOX_BATCH = 200
 
@@ -104,9 +105,18 @@ class Scheduler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
+        outage_s = 0.0
         while not self.stopping.is_set():
             try:
                 sleep_s = await step()
+                if outage_s:
+                    logger.info("%s loop: redis is back", name)
+                outage_s = 0.0
+            except REDIS_DOWN as e:
+                # an outage is expected to end: one line per try, backing off up to MAX_OUTAGE_SLEEP_S
+                outage_s = min(MAX_OUTAGE_SLEEP_S, max(0.5, outage_s * 2))
+                logger.warning("%s loop: redis unavailable (%s); retrying in %.1fs", name, e, outage_s)
+                sleep_s = outage_s
             except Exception:
                 logger.exception("%s loop iteration failed; retrying", name)
                 sleep_s = 1.0

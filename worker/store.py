@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.errors import StoreError
 from worker.intake import MAX_DEADLINE_S, EnqueueRequest
@@ -34,6 +36,8 @@ INTAKE_RECLAIM_MS = 30_000
 LIFETIME_SAMPLES = 200
 #: a service's back-off failure count is forgotten after an hour without failures
 BACKOFF_MEMORY_MS = 3_600_000
+#: errors that mean Redis is (for now) unreachable, as opposed to a bug
+REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 SCRIPTS = ("register", "claim", "spend", "update", "finish", "release", "take_outbox")
 EMITTING_SCRIPTS = frozenset({"update", "finish"})
 
@@ -225,16 +229,29 @@ class Store:
 
     async def read_intake(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, dict[str, str]]]:
         """New intake entries for this consumer; blocks up to ``block_ms`` when there are none."""
-        reply = await self.redis.xreadgroup(
-            INTAKE_GROUP, consumer, {self.intake_key: ">"}, count=count, block=block_ms or None
-        )
+        try:
+            reply = await self.redis.xreadgroup(
+                INTAKE_GROUP, consumer, {self.intake_key: ">"}, count=count, block=block_ms or None
+            )
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            # Redis restarted without its data (or the stream was deleted): make the group again
+            await self.ensure_intake_group()
+            return []
         return [(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
 
     async def reclaim_intake(self, consumer: str, count: int) -> list[tuple[str, dict[str, str]]]:
         """Entries a dead consumer read but never acknowledged, taken over by ``consumer``."""
-        reply = await self.redis.xautoclaim(
-            self.intake_key, INTAKE_GROUP, consumer, INTAKE_RECLAIM_MS, start_id="0-0", count=count
-        )
+        try:
+            reply = await self.redis.xautoclaim(
+                self.intake_key, INTAKE_GROUP, consumer, INTAKE_RECLAIM_MS, start_id="0-0", count=count
+            )
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            await self.ensure_intake_group()
+            return []
         return [(entry_id, fields) for entry_id, fields in reply[1] if fields]
 
     async def reject_intake(self, entry_id: str, fields: Mapping[str, str], reason: str, now_ms: int) -> None:

@@ -48,6 +48,8 @@ class Api:
     store: Store
     control: Control
     services: Collection[str] = ()
+    #: configured token names; None when the API process is not told them (then any name is accepted)
+    tokens: Collection[str] | None = None
     allow_hosts: Collection[str] = ()
     deadline_s: float = 1800.0
     first_poll_s: float = 3.0
@@ -108,6 +110,8 @@ async def _json(request: web.Request) -> Any:
         return json.loads(await request.read())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise ApiError(400, "invalid_json", "request body is nested too deeply") from e
 
 
 def _path_task(request: web.Request) -> tuple[str, str]:
@@ -133,7 +137,7 @@ def _parse_item(item: Any, where: str, api: Api) -> EnqueueRequest:
         if types and value is not None and (not isinstance(value, types) or isinstance(value, bool) != (bool in types)):
             raise ApiError(400, "invalid", f"{where}.{key} must be of type {types[0].__name__}", f"{where}.{key}")
     try:
-        return build_request(item, services=api.services)
+        return build_request(item, services=api.services, tokens=api.tokens)
     except InvalidInput as e:
         raise ApiError(400, "invalid", e.message, f"{where}.{e.field}") from e
 
@@ -207,7 +211,7 @@ def _decode_cursor(text: str | None) -> tuple[int, str] | None:
     try:
         score, member = json.loads(base64.urlsafe_b64decode(text.encode()))
         return int(score), str(member)
-    except (ValueError, TypeError, binascii.Error) as e:
+    except (ValueError, TypeError, OverflowError, binascii.Error) as e:
         raise ApiError(400, "invalid", "cursor is not one this API returned; start again without it", "cursor") from e
 
 
@@ -355,6 +359,7 @@ def api_from_settings(settings: Settings, redis: aioredis.Redis) -> Api:
         store,
         control,
         services=settings.services,
+        tokens=frozenset(settings.tokens()) or None,
         allow_hosts=settings.webhook_allow_hosts,
         deadline_s=settings.deadline_s,
         first_poll_s=settings.first_poll_s,

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     api_base_url: str = "https://api.acedata.cloud"
     api_token: SecretStr | None = None
+    api_timeout_s: float = Field(30.0, gt=0)
     api_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
     services: CommaList = Field(default_factory=list)
     key_prefix: str = "acetrack"

@@ -14,7 +14,7 @@ from worker.models import EventType, Reason, Record, TaskState
 from worker.store import Store
 
 NOW_MS = 1_767_000_000_000
-CLAIM = {"batch": 50, "coalesce_ms": 1000, "lease_ms": 30_000, "rate_rps": 50.0}
+CLAIM = {"batch": 50, "coalesce_ms": 1000, "lease_ms": 30_000, "rate_rps": 1e6}
 
 
 async def register(store: Store, task_id: str, now_ms: int = NOW_MS, **kw: object) -> tuple[bool, Record]:
@@ -68,9 +68,14 @@ async def test_rate_budget_is_shared_and_says_how_long_to_wait(backend: Backend)
         await register(store, f"t{i}")
     limits = {**CLAIM, "batch": 1, "rate_rps": 2.0}
     t = NOW_MS + 3000
-    granted = [await store.claim("suno", "default", t, **limits) for _ in range(4)]
-    assert [isinstance(g, tuple) for g in granted] == [True, True, False, False]
-    assert isinstance(granted[2], int) and 0 < granted[2] <= 500
+    granted = [await store.claim("suno", "default", t, **limits) for _ in range(3)]
+    assert [isinstance(g, tuple) for g in granted] == [True, False, False]
+    # evenly spaced, 2% wide of the budget: the next request is allowed 510 ms later, not before
+    assert granted[1] == 510
+    assert isinstance(await store.claim("suno", "default", t + 509, **limits), int)
+    assert isinstance(await store.claim("suno", "default", t + 510, **limits), tuple)
+    # a second worker shares the same budget (same key): nothing more before t + 1020
+    assert isinstance(await store.claim("suno", "default", t + 1019, **limits), int)
 
 
 async def test_back_off_and_pause_hold_claims(backend: Backend) -> None:

@@ -27,7 +27,7 @@ from arq.worker import func
 from config import Settings
 from worker import hooks as hooks_mod
 from worker import metrics, webhooks
-from worker.api import DEFAULT_TIMEOUT_S, UpstreamClient
+from worker.api import UpstreamClient
 from worker.classify import Policy
 from worker.clock import Clock, system_clock
 from worker.errors import ConfigError
@@ -139,7 +139,9 @@ def _build(runtime: Runtime, pool: ArqRedis, queue_name: str, deliver_queue_name
         secret, tuple(s.webhook_schedule_s), frozenset(s.webhook_allow_hosts)
     )
     store = Store(runtime.store_redis, s.key_prefix, retention_s=s.retention_s, events_maxlen=s.events_maxlen)
-    runtime.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DEFAULT_TIMEOUT_S, connect=10))
+    runtime.session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=s.api_timeout_s, connect=min(10.0, s.api_timeout_s))
+    )
     api = UpstreamClient(runtime.session, s.api_base_url, tokens)
     policy = Policy(poll_s=s.poll_s, max_poll_s=s.max_poll_s, not_found_grace_s=s.not_found_grace_s)
     destinations = hooks_mod.destinations_by_event(s.hooks, s.hook_events, s.webhook_urls, s.webhook_events)

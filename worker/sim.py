@@ -153,6 +153,16 @@ class SimConfig:
     total_services: frozenset[str] = frozenset()
     seed: int | None = None
     clock: Callable[[], float] = time.time
+    #: chaos: share of 200 answers sent as truncated or non-JSON bodies
+    garble_rate: float = 0.0
+    #: chaos: share of requests that hang for ``hang_s`` before answering
+    hang_rate: float = 0.0
+    hang_s: float = 60.0
+    #: chaos: share of known items left out of a batch answer, and share sent twice
+    drop_rate: float = 0.0
+    dup_rate: float = 0.0
+    #: chaos: add fields the client has never heard of to every record
+    extra_fields: bool = False
 
 
 class TokenBucket:
@@ -446,7 +456,14 @@ async def _answer(state: SimState, service: str, token: str, body: object, at_s:
         return _error(429, "too_many_requests", "rate limit exceeded", max(1.0, wait_s))
     if not isinstance(body, dict):
         return _error(400, "bad_request", "the body must be a JSON object")
-    return _dispatch(state, service, body)
+    if config.hang_rate and state.rng.random() < config.hang_rate:
+        await asyncio.sleep(config.hang_s)
+    response = _dispatch(state, service, body)
+    if response.status == 200 and config.garble_rate and state.rng.random() < config.garble_rate:
+        text = response.text or ""
+        garbled = text[: len(text) // 2] if state.rng.random() < 0.5 else "<html>502 Bad Gateway</html>"
+        return web.Response(status=200, text=garbled, content_type="application/json")
+    return response
 
 
 def _dispatch(state: SimState, service: str, body: Json) -> web.Response:
@@ -472,11 +489,18 @@ def _retrieve_batch(state: SimState, service: str, body: Json) -> web.Response:
     if max_batch is not None and len(ids) > max_batch:
         return _error(413, "payload_too_large", f"at most {max_batch} ids per batch, got {len(ids)}")
     tasks = [task for task in (state.lookup(service, i) for i in ids) if task is not None]
-    items = [state.record(task) for task in tasks]
+    items = [state.record(task) for task in tasks if not _chance(state, state.config.drop_rate)]
+    items += [dict(item) for item in items if _chance(state, state.config.dup_rate)]
+    if state.config.extra_fields:
+        items = [{**item, "x_new_field": {"nested": [1, 2]}, "region": "eu"} for item in items]
     state.rng.shuffle(items)
     items = items[:limit]
     count_key = "total" if service in state.config.total_services else "count"
     return web.json_response({"items": items, count_key: len(items)})
+
+
+def _chance(state: SimState, rate: float) -> bool:
+    return rate > 0 and state.rng.random() < rate
 
 
 # --- control routes ------------------------------------------------------------------------------
@@ -541,6 +565,12 @@ def create_app(
     total_services: frozenset[str] = frozenset(),
     seed: int | None = None,
     clock: Callable[[], float] | None = None,
+    garble_rate: float = 0.0,
+    hang_rate: float = 0.0,
+    hang_s: float = 60.0,
+    drop_rate: float = 0.0,
+    dup_rate: float = 0.0,
+    extra_fields: bool = False,
 ) -> web.Application:
     """Build the simulator app; its `SimState` is at ``app[SIM_STATE]``.
 
@@ -557,6 +587,12 @@ def create_app(
         total_services: Services whose batch answer counts with ``total`` instead of ``count``.
         seed: Seed of the RNG used for shuffling and error injection.
         clock: Epoch seconds for task lifecycles; defaults to ``time.time``.
+        garble_rate: Share of 200 answers sent truncated or as non-JSON (chaos).
+        hang_rate: Share of requests that hang ``hang_s`` before answering (chaos).
+        hang_s: How long a hanging request hangs.
+        drop_rate: Share of known items left out of batch answers (chaos).
+        dup_rate: Share of items sent twice in batch answers (chaos).
+        extra_fields: Add unknown fields to every record (chaos).
     """
     config = SimConfig(
         rate_limit_rps=rate_limit_rps,
@@ -571,6 +607,12 @@ def create_app(
         total_services=total_services,
         seed=seed,
         clock=clock or time.time,
+        garble_rate=garble_rate,
+        hang_rate=hang_rate,
+        hang_s=hang_s,
+        drop_rate=drop_rate,
+        dup_rate=dup_rate,
+        extra_fields=extra_fields,
     )
     app = web.Application()
     app[SIM_STATE] = SimState(config)

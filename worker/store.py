@@ -36,6 +36,8 @@ INTAKE_RECLAIM_MS = 30_000
 LIFETIME_SAMPLES = 200
 #: a service's back-off failure count is forgotten after an hour without failures
 BACKOFF_MEMORY_MS = 3_600_000
+#: requests are spaced 2% wider than the budget, so network jitter never bunches them over it
+RATE_HEADROOM = 1.02
 #: errors that mean Redis is (for now) unreachable, as opposed to a bug
 REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 SCRIPTS = ("register", "claim", "spend", "update", "finish", "release", "take_outbox")
@@ -276,7 +278,7 @@ class Store:
     ) -> tuple[str, list[str]] | int:
         """Claim a batch of due ids: returns (claim id, ids), or the ms to wait (-1: nothing due)."""
         claim_id = uuid.uuid4().hex
-        emission_ms = 1000.0 / rate_rps
+        emission_ms = RATE_HEADROOM * 1000.0 / rate_rps
         keys = [
             self.due_key(service, token),
             self.backoff_key(service, token),
@@ -290,7 +292,7 @@ class Store:
             batch,
             claim_id,
             emission_ms,
-            max(emission_ms, 1000.0) - emission_ms,
+            0,  # no burst: requests are spaced evenly, so no 1 s window holds more than the budget
             self.task_prefix(service),
         ]
         reply = await self._scripts["claim"](keys=keys, args=args)
@@ -300,8 +302,8 @@ class Store:
 
     async def spend(self, token: str, now_ms: int, rate_rps: float) -> int:
         """Spend one extra request of the token's budget; 0 when spent, else ms to wait."""
-        emission_ms = 1000.0 / rate_rps
-        args: list[Any] = [now_ms, emission_ms, max(emission_ms, 1000.0) - emission_ms]
+        emission_ms = RATE_HEADROOM * 1000.0 / rate_rps
+        args: list[Any] = [now_ms, emission_ms, 0]
         return int(await self._scripts["spend"](keys=[self.rate_key(token)], args=args))
 
     async def load_pending(self, service: str, ids: Iterable[str]) -> dict[str, PendingTask]:

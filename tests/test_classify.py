@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from worker.classify import (
+    MIN_MISSES,
     Decision,
     Policy,
     backoff_s,
@@ -115,6 +116,7 @@ def run(
     deadline_at_ms: int = DEADLINE_MS,
     missing_since_ms: int | None = None,
     usual_s: float = 300.0,
+    **extra: Any,
 ) -> Decision:
     """``decide`` with the test defaults; ``raw=None`` means the id is unknown upstream."""
     task = None if raw is None else parse(raw)
@@ -127,6 +129,7 @@ def run(
         policy=POLICY,
         usual_lifetime_s=usual_s,
         rng=fixed(0.5),
+        **extra,
     )
 
 
@@ -527,7 +530,8 @@ MISSING_CASES = [
 @pytest.mark.parametrize(("since", "state", "since_after"), MISSING_CASES)
 def test_unknown_id(since: int | None, state: TaskState, since_after: int | None) -> None:
     assert UpstreamTask.from_wire({}) is None
-    decision = run(None, missing_since_ms=since)
+    # two earlier answers already left it out: this is the third miss in a row
+    decision = run(None, missing_since_ms=since, misses=MIN_MISSES - 1)
     assert decision.record.state is state
     assert decision.record.attempts == 1
     assert decision.missing_since_ms == since_after
@@ -539,6 +543,14 @@ def test_unknown_id(since: int | None, state: TaskState, since_after: int | None
     else:
         assert decision.events == []
         assert decision.next_poll_ms == NOW_MS + 3000
+
+
+@pytest.mark.parametrize(
+    ("seen", "misses"), [(True, 10), (False, 0), (False, 1)], ids=["seen-before", "first-miss", "second-miss"]
+)
+def test_a_miss_is_not_found_only_after_grace_and_several_answers_for_an_id_never_seen(seen: bool, misses: int) -> None:
+    decision = run(None, missing_since_ms=NOW_MS - 10 * GRACE_MS, seen=seen, misses=misses)
+    assert decision.record.state is TaskState.PENDING and decision.events == []
 
 
 def test_task_seen_again_clears_missing_since() -> None:

@@ -35,6 +35,8 @@ PREVIEW_HOSTS = frozenset({"audiopipe.suno.ai"})
 DEFAULT_USUAL_LIFETIME_S = 300.0
 MIN_LIFETIME_SAMPLES = 5
 GROWTH = 1.5
+#: answers in a row without the id (besides the grace period) before it is "not found"
+MIN_MISSES = 3
 
 Rng = Callable[[], float]
 
@@ -239,10 +241,16 @@ def decide(
     policy: Policy,
     usual_lifetime_s: float,
     rng: Rng = random.random,
+    seen: bool = False,
+    misses: int = 0,
 ) -> Decision:
-    """Everything one poll of one task leads to, including the deadline and not-found rules."""
+    """Everything one poll of one task leads to, including the deadline and not-found rules.
+
+    ``seen``: the upstream has answered for this id before; then a miss never means not found.
+    ``misses``: answers in a row that left the id out before this one.
+    """
     if task is None:
-        decision = _missing(record, now_ms, missing_since_ms, policy)
+        decision = _missing(record, now_ms, missing_since_ms, policy, seen, misses)
     else:
         decision = observe(task, record, now_ms)
     if not decision.terminal and now_ms >= deadline_at_ms:
@@ -255,10 +263,14 @@ def decide(
     return decision
 
 
-def _missing(record: Record, now_ms: int, missing_since_ms: int | None, policy: Policy) -> Decision:
+def _missing(
+    record: Record, now_ms: int, missing_since_ms: int | None, policy: Policy, seen: bool, misses: int
+) -> Decision:
     since_ms = now_ms if missing_since_ms is None else missing_since_ms
     counted = replace(record, attempts=record.attempts + 1, updated_at_ms=now_ms)
-    if now_ms - since_ms >= policy.not_found_grace_s * 1000:
+    # an id the upstream has answered for exists: leaving it out of one answer is a glitch
+    # and one answer glitch, or a grace spent mostly in outages, is not enough either
+    if not seen and misses + 1 >= MIN_MISSES and now_ms - since_ms >= policy.not_found_grace_s * 1000:
         error: dict[str, str | None] = {"code": "not_found", "message": f"task {record.id!r} unknown upstream"}
         return Decision(fail(counted, Reason.NOT_FOUND, now_ms, error), [EventType.TASK_FAILED])
     return Decision(counted, missing_since_ms=since_ms)

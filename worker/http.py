@@ -12,7 +12,8 @@ import binascii
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Collection
+import re
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024
 MAX_TASKS_PER_REQUEST = 1000
 DEFAULT_PAGE = 100
+LIMIT_RE = re.compile(r"[0-9]{1,7}")
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -68,12 +70,12 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
 
-    def response(self) -> web.Response:
-        """The JSON error body."""
+    def response(self, headers: Mapping[str, str] | None = None) -> web.Response:
+        """The JSON error body (``headers`` keeps e.g. a 405's ``Allow``)."""
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.field is not None:
             body["field"] = self.field
-        return web.json_response({"error": body}, status=self.status)
+        return web.json_response({"error": body}, status=self.status, headers=headers)
 
 
 @web.middleware
@@ -91,7 +93,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPRequestEntityTooLarge:
         return ApiError(413, "too_large", f"request body is over {MAX_BODY_BYTES} bytes").response()
     except web.HTTPException as e:
-        return ApiError(e.status, e.reason.lower().replace(" ", "_"), e.reason).response()
+        kept = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
+        return ApiError(e.status, e.reason.lower().replace(" ", "_"), e.reason).response(kept)
 
 
 @web.middleware
@@ -99,8 +102,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """With ``ACETRACK_HTTP_TOKEN`` set, every route but health checks needs the bearer token."""
     token = request.app[API].http_token
     if token and request.path not in OPEN_PATHS:
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        # surrogateescape: a header with stray non-UTF-8 bytes is simply wrong, never a crash
+        given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             raise ApiError(401, "unauthorized", "send 'authorization: Bearer <ACETRACK_HTTP_TOKEN>'")
     return await handler(request)
 
@@ -108,7 +112,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 async def _json(request: web.Request) -> Any:
     try:
         return json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints over Python's digit limit
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {e}") from e
     except RecursionError as e:
         raise ApiError(400, "invalid_json", "request body is nested too deeply") from e
@@ -211,7 +215,7 @@ def _decode_cursor(text: str | None) -> tuple[int, str] | None:
     try:
         score, member = json.loads(base64.urlsafe_b64decode(text.encode()))
         return int(score), str(member)
-    except (ValueError, TypeError, OverflowError, binascii.Error) as e:
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error) as e:
         raise ApiError(400, "invalid", "cursor is not one this API returned; start again without it", "cursor") from e
 
 
@@ -222,10 +226,10 @@ def _list_params(request: web.Request) -> tuple[str | None, TaskState | None, in
         state = TaskState(query["state"]) if query.get("state") else None
     except ValueError as e:
         raise ApiError(400, "invalid", "state must be pending, succeeded or failed", "state") from e
-    try:
-        limit = int(query.get("limit", DEFAULT_PAGE))
-    except ValueError as e:
-        raise ApiError(400, "invalid", "limit must be an integer", "limit") from e
+    text = query.get("limit", str(DEFAULT_PAGE))
+    if not LIMIT_RE.fullmatch(text):
+        raise ApiError(400, "invalid", "limit must be an integer", "limit")
+    limit = int(text)
     if not 1 <= limit <= MAX_TASKS_PER_REQUEST:
         raise ApiError(400, "invalid", f"limit must be from 1 to {MAX_TASKS_PER_REQUEST}", "limit")
     return service, state, limit

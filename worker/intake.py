@@ -57,8 +57,12 @@ def check_callback_url(url: Any) -> str | None:
         return None
     if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
         raise InvalidInput("callback_url", f"callback_url must be a string of at most {MAX_URL_CHARS} characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        host = None
+    if host is None or parts.scheme not in ("http", "https"):
         raise InvalidInput("callback_url", f"callback_url {url[:80]!r} must be an http:// or https:// URL with a host")
     return url
 

@@ -33,8 +33,8 @@ from worker.clock import Clock, system_clock
 from worker.errors import ConfigError
 from worker.hooks import WEBHOOK_PREFIX
 from worker.polling import Poller
-from worker.scheduler import TICK_S, Cadence, Scheduler
-from worker.store import Store, create_redis
+from worker.scheduler import MAX_OUTAGE_SLEEP_S, TICK_S, Cadence, Scheduler
+from worker.store import REDIS_DOWN, Store, create_redis
 
 logger = logging.getLogger(__name__)
 
@@ -321,9 +321,32 @@ def _deliver_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class ResilientWorker(arq.worker.Worker):
+    """arq's ``Worker`` whose poll loop rides out a Redis outage.
+
+    arq 0.28 lets the first ``ConnectionError`` in its poll iteration end ``Worker.main``, which
+    would leave the process up but running no jobs. Here an outage is one warning line and a
+    back-off, and the loop goes on once Redis is back.
+    """
+
+    outage_s = 0.0
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except REDIS_DOWN as e:
+            self.outage_s = min(MAX_OUTAGE_SLEEP_S, max(0.5, self.outage_s * 2))
+            logger.warning("job queue %s: redis unavailable (%s); retrying in %.1fs", self.queue_name, e, self.outage_s)
+            await asyncio.sleep(self.outage_s)
+            return
+        if self.outage_s:
+            logger.info("job queue %s: redis is back", self.queue_name)
+        self.outage_s = 0.0
+
+
 def create_workers(kwargs: dict[str, Any], **overrides: Any) -> list[arq.worker.Worker]:
     """The poll queue's and the delivery queue's arq workers, sharing one runtime."""
-    return [arq.worker.Worker(**{**kw, **overrides}) for kw in (kwargs, _deliver_kwargs(kwargs))]
+    return [ResilientWorker(**{**kw, **overrides}) for kw in (kwargs, _deliver_kwargs(kwargs))]
 
 
 @asynccontextmanager

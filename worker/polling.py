@@ -111,6 +111,8 @@ class Poller:
                 missing_since_ms=task.missing_since_ms,
                 policy=self.policy,
                 usual_lifetime_s=usual_s,
+                seen=task.seen,
+                misses=task.misses,
                 rng=self.rng,
             )
             finished += await self._write(task.record, decision, claim_id, now_ms)

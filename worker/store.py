@@ -51,6 +51,10 @@ class PendingTask:
     record: Record
     deadline_at_ms: int
     missing_since_ms: int | None
+    #: the upstream has answered for this id before (a later miss is not "not found")
+    seen: bool = False
+    #: answers in a row that left this id out
+    misses: int = 0
 
 
 def _load_script(name: str) -> str:
@@ -311,14 +315,17 @@ class Store:
         ids = list(ids)
         async with self.redis.pipeline(transaction=False) as pipe:
             for task_id in ids:
-                pipe.hmget(self.task_key(service, task_id), ["record", "state", "deadline_at_ms", "missing_since_ms"])
+                pipe.hmget(
+                    self.task_key(service, task_id),
+                    ["record", "state", "deadline_at_ms", "missing_since_ms", "seen", "misses"],
+                )
             rows = await pipe.execute()
         out: dict[str, PendingTask] = {}
-        for task_id, (raw, state, deadline, missing) in zip(ids, rows, strict=True):
+        for task_id, (raw, state, deadline, missing, seen, misses) in zip(ids, rows, strict=True):
             if raw and state == TaskState.PENDING.value:
-                out[task_id] = PendingTask(
-                    Record.from_dict(json.loads(raw)), int(deadline), int(missing) if missing else None
-                )
+                record = Record.from_dict(json.loads(raw))
+                missing_ms = int(missing) if missing else None
+                out[task_id] = PendingTask(record, int(deadline), missing_ms, bool(seen), int(misses or 0))
         return out
 
     async def update(

@@ -55,9 +55,12 @@ async def screen(url: str, allow_hosts: Collection[str], resolver: Resolver = sy
     Raises:
         InvalidInput: on field ``callback_url``, saying why and how to allow the host.
     """
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https") or not host:
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        host = ""
+    if not host or parts.scheme not in ("http", "https"):
         raise InvalidInput("callback_url", f"callback_url {url[:80]!r} must be an http:// or https:// URL")
     if host in {h.lower() for h in allow_hosts}:
         return

@@ -8,7 +8,7 @@
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
 local member = ARGV[10] .. ':' .. ARGV[3]
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'state', ARGV[2])
-redis.call('HDEL', KEYS[1], 'claim', 'missing_since_ms')
+redis.call('HDEL', KEYS[1], 'claim', 'missing_since_ms', 'misses', 'seen')
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[3])

@@ -8,9 +8,12 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
 if redis.call('HGET', KEYS[1], 'claim') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[2])
 if ARGV[4] == '' then
-  redis.call('HDEL', KEYS[1], 'claim', 'missing_since_ms')
+  -- the upstream answered for this id: it exists, so a later miss is a glitch, not "not found"
+  redis.call('HDEL', KEYS[1], 'claim', 'missing_since_ms', 'misses')
+  redis.call('HSET', KEYS[1], 'seen', '1')
 else
   redis.call('HSET', KEYS[1], 'missing_since_ms', ARGV[4])
+  redis.call('HINCRBY', KEYS[1], 'misses', 1)
   redis.call('HDEL', KEYS[1], 'claim')
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])

@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535)
     http_token: SecretStr | None = None
     worker_metrics_port: int = Field(0, ge=0, le=65535)
+    worker_metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
     log_json: bool = False
 

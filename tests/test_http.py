@@ -655,13 +655,16 @@ async def test_healthz_and_readyz_follow_worker_heartbeats(h: Harness) -> None:
     assert await h.call("GET", "/healthz") == (200, {"ok": True})
     status, body = await h.call("GET", "/readyz")
     assert status == 503 and body["ready"] is False and body["problems"]
-    await h.store.heartbeat("w1", {"worker_id": "w1", "paused_tokens": []}, ttl_ms=60_000)
+    await h.store.heartbeat("w1", {"worker_id": "w1", "at_ms": h.clock(), "paused_tokens": []}, ttl_ms=60_000)
     assert await h.call("GET", "/readyz") == (200, {"ready": True, "problems": []})
-    await h.store.heartbeat("w2", {"worker_id": "w2", "paused_tokens": ["default"]}, ttl_ms=60_000)
+    await h.store.heartbeat("w2", {"worker_id": "w2", "at_ms": h.clock(), "paused_tokens": ["default"]}, ttl_ms=60_000)
     status, body = await h.call("GET", "/readyz")
     assert status == 503 and body["ready"] is False and any("default" in p for p in body["problems"])
     stats = (await h.call("GET", "/stats"))[1]
     assert stats["paused_tokens"] == ["default"] and len(stats["workers"]) == 2
+    h.clock.advance(21)  # heartbeats older than 20 s are a dead or stuck worker, whatever their key's TTL
+    status, body = await h.call("GET", "/readyz")
+    assert status == 503 and body["problems"] == ["no live worker heartbeat"]
 
 
 async def test_metrics_count_tasks(h: Harness) -> None:
@@ -743,7 +746,7 @@ async def test_unauthorised_requests_change_nothing(make_harness: MakeHarness) -
     assert (await h.call("DELETE", "/tasks/suno/t1", headers={"authorization": "Bearer no"}))[0] == 401
     record = await h.store.get("suno", "t1")
     assert record is not None and record.state is TaskState.PENDING and await h.events() == []
-    await h.store.heartbeat("w1", {"worker_id": "w1", "paused_tokens": []}, ttl_ms=60_000)
+    await h.store.heartbeat("w1", {"worker_id": "w1", "at_ms": h.clock(), "paused_tokens": []}, ttl_ms=60_000)
     assert await h.call("GET", "/readyz") == (200, {"ready": True, "problems": []})
 
 

@@ -137,7 +137,9 @@ async def _seed(store: Store, control: Control) -> dict[str, str]:
     delivery["status"] = "dead"
     await store.save_delivery(delivery["delivery_id"], delivery)
     await store.dead_letter(delivery["delivery_id"], now)
-    await store.heartbeat("fuzz-worker", {"worker_id": "fuzz-worker", "paused_tokens": []}, ttl_ms=3_600_000)
+    # beats "an hour from now": it stays live (not stale) for the whole fuzz run
+    beat = {"worker_id": "fuzz-worker", "at_ms": system_clock() + 3_600_000, "paused_tokens": []}
+    await store.heartbeat("fuzz-worker", beat, ttl_ms=3_600_000)
     return {"finished": decision.record.id, "pending": pending.id, "dead": delivery["delivery_id"]}
 
 

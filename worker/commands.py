@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from config import Settings
 from worker.clock import system_clock
-from worker.control import collect_stats
+from worker.control import collect_stats, live_workers
 from worker.errors import ConfigError, InvalidInput
 from worker.http import control_from_settings
 from worker.intake import check_id, check_service
@@ -26,8 +26,6 @@ from worker.store import Store
 from worker.tracker import Tracker
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
-#: a worker heartbeat older than this means the worker is dead or stuck
-HEARTBEAT_STALE_MS = 20_000
 
 
 def tracker_from(settings: Settings) -> Tracker:
@@ -146,7 +144,7 @@ async def check(tracker: Tracker, args: argparse.Namespace) -> int:
     """Health probe: Redis answers and a worker (this host's, if it runs one) beats and is ready."""
     await tracker.store.redis.ping()
     now_ms = system_clock()
-    live = [w for w in await tracker.store.workers() if now_ms - int(w.get("at_ms", 0)) < HEARTBEAT_STALE_MS]
+    live = await live_workers(tracker.store, now_ms)
     mine = [w for w in live if str(w.get("worker_id", "")).startswith(socket.gethostname() + "-")]
     candidates = mine or ([] if args.local else live)
     problems = [] if candidates else ["no live worker heartbeat" + (" on this host" if args.local else "")]

@@ -13,6 +13,9 @@ from worker.intake import EnqueueRequest
 from worker.models import EventType, Reason, Record
 from worker.store import Store
 
+#: a worker heartbeat older than this means the worker is dead or stuck (it beats every 5 s)
+HEARTBEAT_STALE_MS = 20_000
+
 CancelResult = tuple[Literal["cancelled", "not_found", "already_finished"], Record | None]
 
 
@@ -79,7 +82,7 @@ async def collect_stats(store: Store, now_ms: int) -> dict[str, Any]:
         oldest = await store.oldest_pending_ms(service)
         counts["oldest_pending_age_s"] = None if oldest is None else round((now_ms - oldest) / 1000, 1)
         services[service] = counts
-    workers = await store.workers()
+    workers = await live_workers(store, now_ms)
     return {
         "services": services,
         "totals": await store.count_by_state(None),
@@ -88,3 +91,8 @@ async def collect_stats(store: Store, now_ms: int) -> dict[str, Any]:
         "paused_tokens": sorted({t for w in workers for t in w.get("paused_tokens", [])}),
         "counters": await store.counters(),
     }
+
+
+async def live_workers(store: Store, now_ms: int) -> list[dict[str, Any]]:
+    """Heartbeats of workers that beat recently (a stuck worker's key may not have expired yet)."""
+    return [w for w in await store.workers() if now_ms - int(w.get("at_ms", 0)) < HEARTBEAT_STALE_MS]

@@ -26,7 +26,8 @@ from worker import jobs, sim
 from worker.models import TaskState
 from worker.tracker import Tracker
 
-CONSOLE = Console()
+#: soft wrap: a long audio URL stays on its line in container logs too
+CONSOLE = Console(soft_wrap=True)
 #: lifecycles of the demo's tasks: (service, script, how many)
 DEMO_MIX = (
     ("suno", "succeed", 18),

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from config import Settings
 from worker import metrics
 from worker.clock import Clock, system_clock
-from worker.control import Control, collect_stats
+from worker.control import Control, collect_stats, live_workers
 from worker.errors import ConfigError, InvalidInput, StoreError
 from worker.hooks import destinations_by_event
 from worker.intake import EnqueueRequest, build_request, check_id, check_service
@@ -303,7 +303,7 @@ async def readyz(request: web.Request) -> web.Response:
     problems = []
     try:
         await store.redis.ping()
-        workers = await store.workers()
+        workers = await live_workers(store, request.app[API].clock())
     except RedisError as e:
         return web.json_response({"ready": False, "problems": [f"redis: {e}"]}, status=503)
     if not workers:

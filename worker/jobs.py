@@ -180,7 +180,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     assert runtime.scheduler is not None
     await runtime.scheduler.start()
     if runtime.settings.worker_metrics_port:
-        runtime.metrics_runner = await metrics.serve_metrics("0.0.0.0", runtime.settings.worker_metrics_port)
+        runtime.metrics_runner = await metrics.serve_metrics(
+            runtime.settings.worker_metrics_host, runtime.settings.worker_metrics_port
+        )
     logger.info("worker %s started", runtime.scheduler.worker_id)
 
 

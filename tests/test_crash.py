@@ -1,0 +1,470 @@
+"""Worker crash: two worker processes, one of them SIGKILLed at 20 random moments while 500 tasks run.
+
+Everything is real except the upstream: a ``redis-server`` with an append-only file (``everysec``) in
+``tmp_path``, two ``python -m worker worker`` subprocesses, the simulator of the Tasks API and a webhook
+receiver, both on loopback in this test's event loop (so the simulator's request log and the receiver's
+hits share the clock of the kill times). Tasks run the ``succeed``, ``partial``, ``error`` and ``legacy``
+scripts with lifetimes spread over 2-15 s, enqueued over ~20 s (half through the Python API, half as
+plain ``XADD`` intake entries). A seeded RNG picks when to kill and which worker; each victim has run for
+at least ``MIN_UPTIME_S`` and is restarted ``RESTART_AFTER_S`` later.
+
+Injection points, so kills land mid-phase: the simulator answers after ``SIM_LATENCY_S`` (a poll holds its
+claim and its request is open for that long) and the receiver answers after ``RECEIVER_SLEEP_S`` (a webhook
+try is in flight for that long).
+
+Checked afterwards: every task ends in the state its script implies (``check_outcome``); exactly one
+terminal event per task in ``acetrack:events``; every task's webhook arrived, signed, all copies with the
+one ``webhook-id`` (the terminal event's id); duplicates are few (at most 5 % of tasks, and at most
+``possible_duplicate_deliveries`` plus the kill count); ids whose poll was cut off by a kill are polled
+again within the lease plus a few seconds (not after arq's 60 s job timeout). How many claims, upstream
+requests, webhook tries, leased outbox entries and unacknowledged intake entries each kill cut off is
+counted from Redis and the logs and printed (run with ``-s`` to see the report).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+from test_e2e import check_outcome, wait_all_terminal
+
+from worker import sim
+from worker.store import Store
+from worker.tracker import Tracker
+
+MakeSim = Callable[..., Awaitable[tuple[str, sim.SimState]]]
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "whsec_" + base64.b64encode(b"crash-test-secret-0123456789abcd").decode()
+
+N_TASKS = 500
+N_KILLS = 20
+SEED = 20251125
+SCRIPTS = ("succeed", "succeed", "partial", "error", "legacy")
+RUN_S = (2.0, 15.0)
+#: enqueues are spread over this long, so the run (and the kills) last ~35 s
+ENQUEUE_S = 20.0
+LEASE_S = 2.0
+SIM_LATENCY_S = 0.15
+RECEIVER_SLEEP_S = 0.1
+RESTART_AFTER_S = 0.5
+#: a victim has been up this long, so it holds claims and deliveries when it dies
+MIN_UPTIME_S = 2.0
+#: when a kill is classified: a live worker's poll or webhook try is long over by then, a dead one's lease not
+CLASSIFY_AFTER_S = 1.0
+#: a webhook try cut off by a kill is handed over again after its timeout (webhooks.REQUEST_TIMEOUT_S) + lease
+WEBHOOK_TIMEOUT_S = 15.0
+#: slack over the lease for an orphaned id's next poll (a claim loop tick, the rate spacing, a restart)
+REPOLL_SLACK_S = 3.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server with an append-only file (fsync every second) in tmp_path, killed at teardown."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no redis-server on PATH: CI must run the crash test")
+        pytest.skip("no redis-server on PATH")
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# --- the webhook receiver ---------------------------------------------------------------------------
+
+
+@dataclass
+class Hit:
+    at_s: float  # loop time on arrival
+    webhook_id: str
+    task_id: str | None  # None when the signature did not verify
+
+
+class Receiver:
+    """Records every request (verifying its signature) and answers 200 after ``RECEIVER_SLEEP_S``."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.hits: list[Hit] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        task_id: str | None = None
+        try:
+            task_id = str(Webhook(SECRET).verify(body, headers)["data"]["id"])
+        except WebhookVerificationError:
+            pass
+        self.hits.append(Hit(asyncio.get_running_loop().time(), headers.get("webhook-id", ""), task_id))
+        await asyncio.sleep(RECEIVER_SLEEP_S)
+        return web.Response(text="ok")
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", rec.handle)
+    async with TestServer(app, host="127.0.0.1") as server:
+        rec.url = str(server.make_url("")).rstrip("/")
+        yield rec
+
+
+# --- the worker processes ---------------------------------------------------------------------------
+
+
+class Workers:
+    """Two worker slots; every process ever started is killed at ``close``."""
+
+    def __init__(self, env: dict[str, str], folder: Path) -> None:
+        self.env, self.folder = env, folder
+        self.current: list[subprocess.Popen[bytes] | None] = [None, None]
+        self.started_at: list[float] = [0.0, 0.0]
+        self.every: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+
+    def start(self, slot: int) -> None:
+        log = self.folder / f"worker{slot}-{len(self.logs)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "worker", "worker"], env=self.env, cwd=ROOT, stderr=out)
+        self.current[slot], self.started_at[slot] = proc, time.monotonic()
+        self.every.append(proc)
+        self.logs.append(log)
+
+    def kill(self, slot: int) -> int:
+        proc = self.current[slot]
+        assert proc is not None and proc.poll() is None, self.tails()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return proc.pid
+
+    def uptime_s(self, slot: int) -> float:
+        return time.monotonic() - self.started_at[slot]
+
+    def alive(self) -> list[bool]:
+        return [p is not None and p.poll() is None for p in self.current]
+
+    def close(self) -> None:
+        for proc in self.every:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def tails(self) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text()[-1500:]}" for log in self.logs[-4:])
+
+
+def worker_env(redis_url: str, sim_url: str, hook_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACETRACK_")}
+    env.update(
+        {
+            "ACETRACK_REDIS_URL": redis_url,
+            "ACETRACK_API_BASE_URL": sim_url,
+            "ACETRACK_API_TOKEN": "t",
+            "ACETRACK_POLL_S": "0.5",
+            "ACETRACK_FIRST_POLL_S": "0.2",
+            "ACETRACK_LEASE_S": str(LEASE_S),
+            "ACETRACK_WEBHOOK_URLS": hook_url,
+            "ACETRACK_WEBHOOK_SECRET": SECRET,
+            "ACETRACK_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+            "ACETRACK_WEBHOOK_SCHEDULE_S": "0,0.5,1,1,2,2,5,5",
+        }
+    )
+    return env
+
+
+# --- kills ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Kill:
+    """One SIGKILL and what it cut off."""
+
+    slot: int
+    pid: int
+    at_s: float  # loop time, the clock of the simulator's log and the receiver's hits
+    uptime_s: float
+    claims: dict[str, str]  # id -> claim id held (by either worker) at the kill
+    sending: dict[str, int]  # delivery id -> sending_since_ms of tries under way at the kill
+    leased_outbox: int  # outbox entries taken (leased) but not yet being sent
+    intake_unacked: int  # intake entries the victim had read and not acknowledged
+    orphans: set[str] = field(default_factory=set)  # ids whose poll job died with the victim
+    cut_tries: set[str] = field(default_factory=set)  # deliveries whose try died with the victim
+    cut_requests: int = 0  # upstream requests of the victim open at the kill
+    receiver_in_flight: int = 0  # webhook requests open at the receiver at the kill
+    repoll_gaps_s: list[float] = field(default_factory=list)
+
+
+class Run:
+    """The shared state of one crash run."""
+
+    def __init__(self, client: aioredis.Redis, state: sim.SimState, workers: Workers) -> None:
+        self.client, self.store, self.state, self.workers = client, Store(client), state, workers
+        self.tracker = Tracker.over(client, first_poll_s=0.2)
+        self.scripts: dict[str, str] = {}
+        self.kills: list[Kill] = []
+        self.rng = random.Random(SEED)
+
+    async def enqueue_all(self) -> None:
+        """Add and enqueue N_TASKS tasks evenly over ENQUEUE_S; every other one as a raw XADD."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        rng = random.Random(SEED + 1)
+        for i in range(N_TASKS):
+            await asyncio.sleep(max(0.0, start + i * ENQUEUE_S / N_TASKS - loop.time()))
+            script = rng.choice(SCRIPTS)
+            task_id = f"{script}-{i}"
+            self.state.add_task("suno", task_id, script=script, run_s=rng.uniform(*RUN_S), clip_gap_s=0.5)
+            if i % 2:
+                await self.client.xadd(self.store.intake_key, {"service": "suno", "id": task_id})
+            else:
+                await self.tracker.enqueue("suno", task_id)
+            self.scripts[task_id] = script
+
+    async def kill_at_random(self, window_s: float) -> None:
+        """N_KILLS kills at seeded random moments over ``window_s``, each victim restarted after a pause."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        moments = sorted(self.rng.uniform(MIN_UPTIME_S, window_s) for _ in range(N_KILLS))
+        for moment in moments:
+            await asyncio.sleep(max(0.0, start + moment - loop.time()))
+            slot = self.rng.choice((0, 1))
+            await asyncio.sleep(max(0.0, MIN_UPTIME_S - self.workers.uptime_s(slot)))
+            kill = await self.kill(slot)
+            await asyncio.sleep(RESTART_AFTER_S)
+            self.workers.start(slot)
+            await asyncio.sleep(max(0.0, CLASSIFY_AFTER_S - RESTART_AFTER_S))
+            await self.classify(kill)
+
+    async def kill(self, slot: int) -> Kill:
+        ids = list(self.scripts)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hget(self.store.task_key("suno", task_id), "claim")
+            held = await pipe.execute()
+        sending = await self.sending()
+        now_ms = int(time.time() * 1000)
+        leased = await self.client.zcount(self.store.outbox_key, now_ms + 1, "+inf") - len(sending)
+        unacked = await self.intake_unacked(self.workers.current[slot])
+        uptime_s = self.workers.uptime_s(slot)
+        at_s = asyncio.get_running_loop().time()
+        pid = self.workers.kill(slot)
+        claims = {i: c for i, c in zip(ids, held, strict=True) if c}
+        kill = Kill(slot, pid, at_s, uptime_s, claims, sending, max(0, leased), unacked)
+        self.kills.append(kill)
+        return kill
+
+    async def sending(self) -> dict[str, int]:
+        keys = [k async for k in self.client.scan_iter(match=self.store.delivery_prefix() + "*", count=1000)]
+        bodies = [json.loads(b) for b in (await self.client.mget(keys) if keys else []) if b]
+        return {b["delivery_id"]: b["sending_since_ms"] for b in bodies if b.get("sending_since_ms")}
+
+    async def intake_unacked(self, proc: subprocess.Popen[bytes] | None) -> int:
+        if proc is None:
+            return 0
+        try:
+            consumers = await self.client.xinfo_consumers(self.store.intake_key, "acetrack-workers")
+        except aioredis.ResponseError:
+            return 0
+        return sum(int(c["pending"]) for c in consumers if f"-{proc.pid}-" in c["name"])
+
+    async def classify(self, kill: Kill) -> None:
+        """A claim still held unchanged with its poll job still in progress died with the victim (a live
+        worker's poll ends within SIM_LATENCY_S); likewise a webhook try still marked as sending."""
+        for task_id, claim in kill.claims.items():
+            same = await self.client.hget(self.store.task_key("suno", task_id), "claim") == claim
+            if same and await self.client.exists(f"arq:in-progress:poll:{claim}"):
+                kill.orphans.add(task_id)
+        now = await self.sending()
+        kill.cut_tries = {d for d, since in kill.sending.items() if now.get(d) == since}
+
+
+# --- the test ------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+async def test_killed_workers_lose_nothing_and_duplicate_little(
+    redis_url: str, make_sim: MakeSim, receiver: Receiver, tmp_path: Path
+) -> None:
+    sim_url, state = await make_sim(auto=False, latency_s=SIM_LATENCY_S, seed=SEED)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    workers = Workers(worker_env(redis_url, sim_url, receiver.url + "/hook"), tmp_path)
+    run = Run(client, state, workers)
+    started = time.monotonic()
+    try:
+        await run.store.ensure_intake_group()
+        workers.start(0)
+        workers.start(1)
+        up = await eventually(lambda: _count_workers(run.store, 2), 30)
+        assert up, workers.tails()
+        await asyncio.gather(run.enqueue_all(), run.kill_at_random(ENQUEUE_S + RUN_S[1]))
+        killed_until = time.monotonic()
+        records = await wait_all_terminal(run.tracker, [("suno", i) for i in run.scripts], timeout_s=90)
+        all_done = await eventually(lambda: deliveries_done(run, receiver), WEBHOOK_TIMEOUT_S + LEASE_S + 30)
+        await asyncio.sleep(1.0)  # a late duplicate would show up here
+        alive = workers.alive()
+        events = await client.xrange(run.store.events_key)
+        counters = await run.store.counters()
+        statuses = Counter(b["status"] for b in await run.store.deliveries(limit=10 * N_TASKS))
+    finally:
+        workers.close()
+        await client.aclose()
+    finished = time.monotonic()
+    assert alive == [True, True], workers.tails()
+    assert len(run.kills) == N_KILLS
+    assert len(records) == N_TASKS and all(r.terminal for r in records), workers.tails()
+    for record in records:
+        check_outcome(record, run.scripts[record.id])
+    terminal = terminal_events(events)
+    assert sorted(terminal) == sorted(run.scripts), "not exactly one terminal event per task"
+    repoll_gaps(run)
+    report(run, receiver, counters, statuses, killed_until - started, finished - started)
+    assert all_done, (sorted(set(run.scripts) - {h.task_id for h in receiver.hits})[:20], statuses)
+    assert statuses == Counter({"delivered": N_TASKS}), statuses
+    check_webhooks(run, receiver, terminal, counters)
+    gaps = [g for k in run.kills for g in k.repoll_gaps_s]
+    assert gaps, "no kill cut off a poll: raise SIM_LATENCY_S"
+    assert max(gaps) < LEASE_S + REPOLL_SLACK_S, sorted(gaps)[-10:]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up:
+        if await check():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _count_workers(store: Store, n: int) -> bool:
+    return len(await store.workers()) >= n
+
+
+async def deliveries_done(run: Run, receiver: Receiver) -> bool:
+    arrived = {h.task_id for h in receiver.hits} >= set(run.scripts)
+    return arrived and await run.client.zcard(run.store.outbox_key) == 0
+
+
+def terminal_events(events: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
+    """Task id -> event id of its terminal event; a second terminal event for one task fails."""
+    out: dict[str, str] = {}
+    for _, fields in events:
+        if fields["type"] in ("task.succeeded", "task.failed"):
+            assert fields["id"] not in out, f"two terminal events for {fields['id']}"
+            out[fields["id"]] = fields["event_id"]
+    return out
+
+
+def repoll_gaps(run: Run) -> None:
+    """For each kill: how long its orphaned ids waited for their next poll, and its cut-off requests."""
+    polled: dict[str, list[float]] = {}
+    for entry in run.state.log:
+        for task_id in entry.ids:
+            polled.setdefault(task_id, []).append(entry.at_s)
+    for kill in run.kills:
+        for task_id in kill.orphans:
+            later = [t for t in polled.get(task_id, []) if t > kill.at_s]
+            if later:  # none: the dead worker's poll had already found it finished, a live one wrote it
+                kill.repoll_gaps_s.append(min(later) - kill.at_s)
+        kill.cut_requests = sum(
+            1
+            for e in run.state.log
+            if e.at_s <= kill.at_s <= e.at_s + SIM_LATENCY_S + 0.1 and kill.orphans.intersection(e.ids)
+        )
+
+
+def check_webhooks(run: Run, receiver: Receiver, terminal: dict[str, str], counters: dict[str, int]) -> None:
+    assert all(h.task_id is not None for h in receiver.hits), "a webhook failed its signature check"
+    ids_by_task: dict[str, set[str]] = {}
+    for hit in receiver.hits:
+        assert hit.task_id is not None
+        ids_by_task.setdefault(hit.task_id, set()).add(hit.webhook_id)
+    assert set(ids_by_task) == set(run.scripts)
+    wrong = {t: ids for t, ids in ids_by_task.items() if ids != {terminal[t]}}
+    assert not wrong, wrong
+    duplicates = len(receiver.hits) - N_TASKS
+    assert duplicates <= 0.05 * N_TASKS, duplicates
+    assert duplicates <= counters.get("possible_duplicate_deliveries", 0) + len(run.kills), (duplicates, counters)
+
+
+def report(
+    run: Run, receiver: Receiver, counters: dict[str, int], statuses: Counter[str], kill_s: float, total_s: float
+) -> None:
+    for kill in run.kills:
+        kill.receiver_in_flight = sum(1 for h in receiver.hits if h.at_s <= kill.at_s <= h.at_s + RECEIVER_SLEEP_S)
+    copies = Counter(h.task_id for h in receiver.hits)
+    dups = {t: n for t, n in copies.items() if n > 1}
+    gaps = sorted(g for k in run.kills for g in k.repoll_gaps_s)
+    lines = [
+        f"\ncrash: {N_TASKS} tasks, {len(run.kills)} kills over {kill_s:.1f}s, {total_s:.1f}s in all",
+        " kill  slot  uptime  claims held  orphaned  cut requests  tries sending  cut tries  leased outbox  "
+        "intake unacked  receiver in flight  repoll gaps (s)",
+    ]
+    for n, k in enumerate(run.kills):
+        gap_text = ",".join(f"{g:.2f}" for g in sorted(k.repoll_gaps_s)[-3:])
+        lines.append(
+            f" {n:4d}  {k.slot:4d}  {k.uptime_s:6.1f}  {len(k.claims):11d}  {len(k.orphans):8d}  "
+            f"{k.cut_requests:12d}  {len(k.sending):13d}  {len(k.cut_tries):9d}  {k.leased_outbox:13d}  "
+            f"{k.intake_unacked:14d}  {k.receiver_in_flight:18d}  {gap_text}"
+        )
+    hit = {
+        "claims": sum(1 for k in run.kills if k.orphans),
+        "requests": sum(1 for k in run.kills if k.cut_requests),
+        "webhook tries": sum(1 for k in run.kills if k.cut_tries),
+        "leased outbox": sum(1 for k in run.kills if k.leased_outbox),
+        "intake": sum(1 for k in run.kills if k.intake_unacked),
+    }
+    lines.append(f" kills that cut off each phase: {hit}")
+    if gaps:
+        lines.append(
+            f" repoll gap after kill: n={len(gaps)} median={statistics.median(gaps):.2f}s max={gaps[-1]:.2f}s "
+            f"(lease {LEASE_S}s)"
+        )
+    lines.append(f" webhooks: {len(receiver.hits)} requests, {len(receiver.hits) - N_TASKS} duplicates {dups}")
+    lines.append(f" deliveries by status {dict(statuses)}; counters {counters}")
+    print("\n".join(lines))

@@ -18,6 +18,7 @@ import pytest
 
 from worker.classify import (
     MIN_MISSES,
+    MIN_SKIP_SAMPLES,
     Decision,
     Policy,
     backoff_s,
@@ -30,6 +31,9 @@ from worker.classify import (
     normalise_progress,
     observe,
     usual_lifetime_s,
+)
+from worker.classify import (
+    lifetimes_from as classify_lifetimes,
 )
 from worker.errors import UpstreamUnavailable
 from worker.models import (
@@ -774,3 +778,29 @@ def test_classify_imports_no_io_libraries() -> None:
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- learned lifetimes: skip the ages nothing finishes at ------------------------------------------
+
+
+def test_lifetimes_need_enough_samples_before_polls_skip_anything() -> None:
+    few = classify_lifetimes([50.0] * (MIN_SKIP_SAMPLES - 1))
+    assert few.earliest_s == 0.0
+    many = classify_lifetimes([40.0 + i for i in range(100)])  # 40..139 s
+    assert many.earliest_s == 45.0  # the 5th percentile
+    assert many.usual_s == pytest.approx(1.5 * 129.0)  # half as long again past the p90 (129 s)
+
+
+@pytest.mark.parametrize(
+    ("age_s", "expected_s"),
+    [(0.5, 39.5), (20.0, 20.0), (37.5, 3.0), (40.0, 3.0), (100.0, 3.0)],
+    ids=["first-poll-waits-for-earliest", "midway", "within-one-interval", "at-earliest", "young"],
+)
+def test_polls_wait_for_the_earliest_lifetime(age_s: float, expected_s: float) -> None:
+    policy = Policy(poll_s=3.0, max_poll_s=60.0)
+    assert next_poll_delay_s(age_s, 200.0, policy, lambda: 0.5, earliest_s=40.0) == pytest.approx(expected_s)
+
+
+def test_waiting_for_the_earliest_lifetime_is_capped_by_max_poll() -> None:
+    policy = Policy(poll_s=3.0, max_poll_s=10.0)
+    assert next_poll_delay_s(1.0, 500.0, policy, lambda: 0.5, earliest_s=300.0) == 10.0

@@ -34,6 +34,10 @@ PREVIEW_HOSTS = frozenset({"audiopipe.suno.ai"})
 #: until enough tasks of a service have finished, assume this lifetime before slowing down
 DEFAULT_USUAL_LIFETIME_S = 300.0
 MIN_LIFETIME_SAMPLES = 5
+#: finished tasks needed before polls skip the ages nothing finishes at
+MIN_SKIP_SAMPLES = 20
+#: growth starts this many times the p90 lifetime
+LATE_FACTOR = 1.5
 GROWTH = 1.5
 #: answers in a row without the id (besides the grace period) before it is "not found"
 MIN_MISSES = 3
@@ -243,6 +247,7 @@ def decide(
     rng: Rng = random.random,
     seen: bool = False,
     misses: int = 0,
+    earliest_lifetime_s: float = 0.0,
 ) -> Decision:
     """Everything one poll of one task leads to, including the deadline and not-found rules.
 
@@ -258,7 +263,7 @@ def decide(
         return Decision(failed, [*decision.events, EventType.TASK_FAILED])
     if not decision.terminal:
         age_s = (now_ms - record.enqueued_at_ms) / 1000
-        delay_s = next_poll_delay_s(age_s, usual_lifetime_s, policy, rng)
+        delay_s = next_poll_delay_s(age_s, usual_lifetime_s, policy, rng, earliest_s=earliest_lifetime_s)
         decision.next_poll_ms = min(now_ms + int(delay_s * 1000), deadline_at_ms)
     return decision
 
@@ -276,11 +281,17 @@ def _missing(
     return Decision(counted, missing_since_ms=since_ms)
 
 
-def next_poll_delay_s(age_s: float, usual_lifetime_s: float, policy: Policy, rng: Rng = random.random) -> float:
+def next_poll_delay_s(
+    age_s: float, usual_lifetime_s: float, policy: Policy, rng: Rng = random.random, *, earliest_s: float = 0.0
+) -> float:
     """Every ``poll_s`` while young; past the usual lifetime, ×1.5 per poll_s overdue, full jitter, capped.
 
-    The jitter spreads late tasks over ``[poll_s, cap]`` so slow ones don't poll in lockstep.
+    Before ``earliest_s`` (an age few tasks of the service finish before) there is nothing to find:
+    the next poll waits until then. The jitter spreads late tasks over ``[poll_s, cap]`` so slow
+    ones don't poll in lockstep.
     """
+    if age_s + policy.poll_s < earliest_s:
+        return min(earliest_s - age_s, policy.max_poll_s)
     overdue_s = age_s - usual_lifetime_s
     if overdue_s <= 0:
         return policy.poll_s
@@ -288,6 +299,29 @@ def next_poll_delay_s(age_s: float, usual_lifetime_s: float, policy: Policy, rng
     cap_s = min(policy.max_poll_s, policy.poll_s * math.pow(GROWTH, min(steps, 64.0)))
     jitter: float = rng()
     return policy.poll_s + jitter * (cap_s - policy.poll_s)
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """What recently finished tasks of one service say about when a poll may find one finished."""
+
+    #: before this age few tasks finish (the 5th percentile): polls wait for it
+    earliest_s: float = 0.0
+    #: past this age, intervals grow
+    usual_s: float = DEFAULT_USUAL_LIFETIME_S
+
+
+def lifetimes_from(samples_s: Sequence[float]) -> Lifetimes:
+    """Learn a service's ``Lifetimes`` from its recent lifetimes (enqueue to terminal), in seconds.
+
+    The first samples come from the shortest tasks (they finish first), so both numbers start low
+    and rise: polling starts early, and growth waits until half as long again past the p90.
+    """
+    usual_s = usual_lifetime_s(samples_s)
+    if len(samples_s) < MIN_SKIP_SAMPLES:
+        return Lifetimes(0.0, usual_s)
+    ordered = sorted(samples_s)
+    return Lifetimes(ordered[len(ordered) // 20], usual_s * LATE_FACTOR)
 
 
 def usual_lifetime_s(samples_s: Sequence[float], default_s: float = DEFAULT_USUAL_LIFETIME_S) -> float:

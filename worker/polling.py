@@ -26,7 +26,7 @@ from worker.errors import (
 )
 from worker.events import build_events
 from worker.models import EventType, Reason, Record, UpstreamTask
-from worker.store import PendingTask, Store
+from worker.store import PendingTask, ScriptCall, Store
 
 logger = logging.getLogger(__name__)
 
@@ -98,47 +98,56 @@ class Poller:
     async def apply(
         self, service: str, claim_id: str, pending: Mapping[str, PendingTask], found: Mapping[str, UpstreamTask]
     ) -> int:
-        """Decide every pending task from what the upstream said and write the outcome back."""
+        """Decide every pending task from what the upstream said and write the outcomes back at once."""
         now_ms = self.clock()
-        usual_s = classify.usual_lifetime_s(await self.store.lifetimes_s(service))
-        finished = 0
-        for task_id, task in pending.items():
-            decision = classify.decide(
-                found.get(task_id),
+        lifetimes = classify.lifetimes_from(await self.store.lifetimes_s(service))
+        decisions = [
+            (
                 task.record,
-                now_ms,
-                deadline_at_ms=task.deadline_at_ms,
-                missing_since_ms=task.missing_since_ms,
-                policy=self.policy,
-                usual_lifetime_s=usual_s,
-                seen=task.seen,
-                misses=task.misses,
-                rng=self.rng,
+                classify.decide(
+                    found.get(task_id),
+                    task.record,
+                    now_ms,
+                    deadline_at_ms=task.deadline_at_ms,
+                    missing_since_ms=task.missing_since_ms,
+                    policy=self.policy,
+                    usual_lifetime_s=lifetimes.usual_s,
+                    earliest_lifetime_s=lifetimes.earliest_s,
+                    seen=task.seen,
+                    misses=task.misses,
+                    rng=self.rng,
+                ),
             )
-            finished += await self._write(task.record, decision, claim_id, now_ms)
+            for task_id, task in pending.items()
+        ]
+        return await self._write(decisions, claim_id, now_ms)
+
+    async def _write(self, decisions: Sequence[tuple[Record, classify.Decision]], claim_id: str, now_ms: int) -> int:
+        calls = [self._call(before, decision, claim_id, now_ms) for before, decision in decisions]
+        written = await self.store.run_calls(calls)
+        finished = 0
+        for (before, decision), wrote in zip(decisions, written, strict=True):
+            metrics.OBSERVATIONS.labels(before.service).inc()
+            if decision.terminal and wrote:
+                _count_terminal(decision.record, now_ms)
+                finished += 1
         return finished
 
-    async def _write(self, before: Record, decision: classify.Decision, claim_id: str, now_ms: int) -> int:
-        metrics.OBSERVATIONS.labels(before.service).inc()
+    def _call(self, before: Record, decision: classify.Decision, claim_id: str, now_ms: int) -> ScriptCall:
         events = build_events(
             decision.events, before, decision.record, now_ms, self.destinations, callback_events=self.callback_events
         )
         if decision.terminal:
             lifetime_ms = now_ms - before.enqueued_at_ms if decision.record.reason is None else None
-            written = await self.store.finish(decision.record, now_ms, events, lifetime_ms=lifetime_ms)
-            if written:
-                _count_terminal(decision.record, now_ms)
-            return int(written)
-        next_ms = decision.next_poll_ms if decision.next_poll_ms is not None else now_ms
-        await self.store.update(
+            return self.store.finish_call(decision.record, now_ms, events, lifetime_ms=lifetime_ms)
+        return self.store.update_call(
             decision.record,
             claim_id,
             now_ms,
-            next_due_ms=next_ms,
+            next_due_ms=decision.next_poll_ms if decision.next_poll_ms is not None else now_ms,
             missing_since_ms=decision.missing_since_ms,
             events=events,
         )
-        return 0
 
     async def _back_off(
         self, service: str, token: str, claim_id: str, ids: list[str], error: UpstreamUnavailable
@@ -192,10 +201,14 @@ class Poller:
         now_ms = self.clock()
         code = (error.code or str(error.status)) if isinstance(error, UpstreamRejected) else "unknown_token"
         detail: dict[str, str | None] = {"code": code, "message": str(error)}
-        finished = 0
-        for task in pending.values():
-            decision = classify.Decision(classify.fail(task.record, reason, now_ms, detail), [EventType.TASK_FAILED])
-            finished += await self._write(task.record, decision, "", now_ms)
+        decisions = [
+            (
+                task.record,
+                classify.Decision(classify.fail(task.record, reason, now_ms, detail), [EventType.TASK_FAILED]),
+            )
+            for task in pending.values()
+        ]
+        finished = await self._write(decisions, "", now_ms)
         logger.warning("%d task(s) failed with reason %s: %s", finished, reason.value, error)
         return finished
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -45,6 +45,15 @@ EMITTING_SCRIPTS = frozenset({"update", "finish"})
 
 
 @dataclass(frozen=True)
+class ScriptCall:
+    """One call of one of the store's scripts, ready to run alone or in a pipeline."""
+
+    script: str
+    keys: list[str]
+    args: list[Any]
+
+
+@dataclass(frozen=True)
 class PendingTask:
     """A pending task as one poll needs it: the record plus the internal scheduling fields."""
 
@@ -71,6 +80,10 @@ async def translate_errors(what: str) -> AsyncIterator[None]:
         yield
     except RedisError as e:
         raise StoreError(f"redis failed during {what}: {e}; check ACETRACK_REDIS_URL and that Redis is up") from e
+
+
+def _record_json(record: Record) -> str:
+    return json.dumps(record.to_dict(), separators=(",", ":"))
 
 
 def _events_json(events: Iterable[OutEvent]) -> str:
@@ -194,7 +207,7 @@ class Store:
             *(self.index_key(scope, state) for scope in (req.service, None) for state in (*TaskState, None)),
         ]
         args: list[Any] = [
-            json.dumps(record.to_dict()),
+            _record_json(record),
             deadline_at_ms,
             now_ms + int(first_poll_s * 1000),
             f"{req.service}:{req.token}",
@@ -328,7 +341,7 @@ class Store:
                 out[task_id] = PendingTask(record, int(deadline), missing_ms, bool(seen), int(misses or 0))
         return out
 
-    async def update(
+    def update_call(
         self,
         record: Record,
         claim_id: str,
@@ -337,8 +350,8 @@ class Store:
         next_due_ms: int,
         missing_since_ms: int | None,
         events: list[OutEvent],
-    ) -> bool:
-        """Store a pending observation and reschedule it; False if the claim was lost or it finished."""
+    ) -> ScriptCall:
+        """The script call that stores a pending observation and reschedules it (see ``update``)."""
         keys = [
             self.task_key(record.service, record.id),
             self.due_key(record.service, record.token),
@@ -347,7 +360,7 @@ class Store:
         ]
         args: list[Any] = [
             claim_id,
-            json.dumps(record.to_dict()),
+            _record_json(record),
             next_due_ms,
             "" if missing_since_ms is None else missing_since_ms,
             record.id,
@@ -357,10 +370,12 @@ class Store:
             self.retention_ms,
             _events_json(events),
         ]
-        return bool(await self._scripts["update"](keys=keys, args=args))
+        return ScriptCall("update", keys, args)
 
-    async def finish(self, record: Record, now_ms: int, events: list[OutEvent], *, lifetime_ms: int | None) -> bool:
-        """Write a terminal record with its events and deliveries once; False if already finished."""
+    def finish_call(
+        self, record: Record, now_ms: int, events: list[OutEvent], *, lifetime_ms: int | None
+    ) -> ScriptCall:
+        """The script call that writes a terminal record once (see ``finish``)."""
         if record.state not in TERMINAL_STATES:
             raise ValueError(f"finish() needs a terminal record, got state {record.state.value!r}")
         keys = [
@@ -375,7 +390,7 @@ class Store:
             self.index_key(None, record.state),
         ]
         args: list[Any] = [
-            json.dumps(record.to_dict()),
+            _record_json(record),
             record.state.value,
             record.id,
             now_ms,
@@ -386,7 +401,26 @@ class Store:
             "" if lifetime_ms is None else lifetime_ms,
             record.service,
         ]
-        return bool(await self._scripts["finish"](keys=keys, args=args))
+        return ScriptCall("finish", keys, args)
+
+    async def update(self, record: Record, claim_id: str, now_ms: int, **kwargs: Any) -> bool:
+        """Store a pending observation and reschedule it; False if the claim was lost or it finished."""
+        return (await self.run_calls([self.update_call(record, claim_id, now_ms, **kwargs)]))[0]
+
+    async def finish(self, record: Record, now_ms: int, events: list[OutEvent], *, lifetime_ms: int | None) -> bool:
+        """Write a terminal record with its events and deliveries once; False if already finished."""
+        return (await self.run_calls([self.finish_call(record, now_ms, events, lifetime_ms=lifetime_ms)]))[0]
+
+    async def run_calls(self, calls: Sequence[ScriptCall]) -> list[bool]:
+        """Run many script calls in one round trip (each call is atomic on its own); True where it wrote."""
+        if len(calls) == 1:
+            call = calls[0]
+            return [bool(await self._scripts[call.script](keys=call.keys, args=call.args))]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                await self._scripts[call.script](keys=call.keys, args=call.args, client=pipe)
+            results = await pipe.execute()
+        return [bool(r) for r in results]
 
     async def release(self, service: str, token: str, claim_id: str, ids: Iterable[str], due_ms: int) -> int:
         """Give claimed ids back, due at ``due_ms``; returns how many were still held."""

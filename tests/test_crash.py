@@ -49,6 +49,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from test_e2e import check_outcome, wait_all_terminal
 
 from worker import sim
+from worker.models import Record
 from worker.store import Store
 from worker.tracker import Tracker
 
@@ -67,6 +68,8 @@ LEASE_S = 2.0
 SIM_LATENCY_S = 0.15
 RECEIVER_SLEEP_S = 0.1
 RESTART_AFTER_S = 0.5
+#: intake entries pushed at once halfway through (injection point for the intake phase)
+INTAKE_BURST = 200
 #: a victim has been up this long, so it holds claims and deliveries when it dies
 MIN_UPTIME_S = 2.0
 #: when a kill is classified: a live worker's poll or webhook try is long over by then, a dead one's lease not
@@ -123,6 +126,7 @@ class Hit:
     at_s: float  # loop time on arrival
     webhook_id: str
     task_id: str | None  # None when the signature did not verify
+    cut_at_s: float | None = None  # when the sender hung up before the answer
 
 
 class Receiver:
@@ -140,8 +144,14 @@ class Receiver:
             task_id = str(Webhook(SECRET).verify(body, headers)["data"]["id"])
         except WebhookVerificationError:
             pass
-        self.hits.append(Hit(asyncio.get_running_loop().time(), headers.get("webhook-id", ""), task_id))
-        await asyncio.sleep(RECEIVER_SLEEP_S)
+        loop = asyncio.get_running_loop()
+        hit = Hit(loop.time(), headers.get("webhook-id", ""), task_id)
+        self.hits.append(hit)
+        try:
+            await asyncio.sleep(RECEIVER_SLEEP_S)
+        except asyncio.CancelledError:  # the sender went away mid-request (TestServer cancels the handler)
+            hit.cut_at_s = loop.time()
+            raise
         return web.Response(text="ok")
 
 
@@ -153,6 +163,27 @@ async def receiver() -> AsyncIterator[Receiver]:
     async with TestServer(app, host="127.0.0.1") as server:
         rec.url = str(server.make_url("")).rstrip("/")
         yield rec
+
+
+# --- the simulator's open requests ---------------------------------------------------------------
+
+
+class SimTap:
+    """Wraps the simulator's answer (in this process) to see requests whose client hung up mid-answer:
+    ``TestServer`` cancels their handler, so they never reach the simulator's log."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.cut: list[tuple[float, float, list[str]]] = []  # (arrived, hung up, ids)
+        original = sim._answer
+
+        async def answer(state: sim.SimState, service: str, token: str, body: object, at_s: float) -> web.Response:
+            try:
+                return await original(state, service, token, body, at_s)
+            except asyncio.CancelledError:
+                self.cut.append((at_s, asyncio.get_running_loop().time(), sim._describe(body)[1]))
+                raise
+
+        monkeypatch.setattr(sim, "_answer", answer)
 
 
 # --- the worker processes ---------------------------------------------------------------------------
@@ -235,51 +266,98 @@ class Kill:
     intake_unacked: int  # intake entries the victim had read and not acknowledged
     orphans: set[str] = field(default_factory=set)  # ids whose poll job died with the victim
     cut_tries: set[str] = field(default_factory=set)  # deliveries whose try died with the victim
-    cut_requests: int = 0  # upstream requests of the victim open at the kill
-    receiver_in_flight: int = 0  # webhook requests open at the receiver at the kill
+    cut_requests: int = 0  # upstream requests of the victim open at the kill (the simulator saw the hang-up)
+    receiver_cut: int = 0  # webhook requests of the victim open at the kill (the receiver saw the hang-up)
     repoll_gaps_s: list[float] = field(default_factory=list)
 
 
 class Run:
     """The shared state of one crash run."""
 
-    def __init__(self, client: aioredis.Redis, state: sim.SimState, workers: Workers) -> None:
-        self.client, self.store, self.state, self.workers = client, Store(client), state, workers
+    def __init__(self, client: aioredis.Redis, state: sim.SimState, tap: SimTap, workers: Workers) -> None:
+        self.client, self.store, self.state, self.tap, self.workers = client, Store(client), state, tap, workers
         self.tracker = Tracker.over(client, first_poll_s=0.2)
         self.scripts: dict[str, str] = {}
         self.kills: list[Kill] = []
         self.rng = random.Random(SEED)
+        self.lock = asyncio.Lock()
+        self.burst_ids: list[str] = []
+        self.burst_at_ms = 0
+        self.intake_kill_missed = False
+        #: (delivery id, sending_since_ms) of tries already counted as cut off by an earlier kill
+        self.cut_seen: set[tuple[str, int]] = set()
 
     async def enqueue_all(self) -> None:
-        """Add and enqueue N_TASKS tasks evenly over ENQUEUE_S; every other one as a raw XADD."""
+        """Add and enqueue N_TASKS tasks evenly over ENQUEUE_S, every other one as a raw XADD; halfway, a
+        burst of INTAKE_BURST XADDs at once and a kill of the worker that is reading them."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         rng = random.Random(SEED + 1)
-        for i in range(N_TASKS):
+        i = 0
+        while i < N_TASKS:
             await asyncio.sleep(max(0.0, start + i * ENQUEUE_S / N_TASKS - loop.time()))
-            script = rng.choice(SCRIPTS)
-            task_id = f"{script}-{i}"
-            self.state.add_task("suno", task_id, script=script, run_s=rng.uniform(*RUN_S), clip_gap_s=0.5)
+            if i == N_TASKS // 2:
+                await self.intake_burst(rng, range(i, i + INTAKE_BURST))
+                i += INTAKE_BURST
+                continue
+            task_id = self.add(rng, i)
             if i % 2:
                 await self.client.xadd(self.store.intake_key, {"service": "suno", "id": task_id})
             else:
                 await self.tracker.enqueue("suno", task_id)
-            self.scripts[task_id] = script
+            i += 1
+
+    def add(self, rng: random.Random, i: int) -> str:
+        script = rng.choice(SCRIPTS)
+        task_id = f"{script}-{i}"
+        self.state.add_task("suno", task_id, script=script, run_s=rng.uniform(*RUN_S), clip_gap_s=0.5)
+        self.scripts[task_id] = script
+        return task_id
+
+    async def intake_burst(self, rng: random.Random, numbers: range) -> None:
+        """Injection point for the intake phase: entries are read in one XREADGROUP and registered one by
+        one, so a kill while a burst is processed leaves read, unacknowledged entries behind."""
+        async with self.lock:
+            self.burst_ids = [self.add(rng, i) for i in numbers]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for task_id in self.burst_ids:
+                    pipe.xadd(self.store.intake_key, {"service": "suno", "id": task_id})
+                await pipe.execute()
+            self.burst_at_ms = int(time.time() * 1000)
+            give_up = time.monotonic() + 2.0
+            while time.monotonic() < give_up:
+                slot = await self.slot_reading_intake()
+                if slot is not None:
+                    await self.kill_and_restart(slot)
+                    return
+        self.intake_kill_missed = True
+
+    async def slot_reading_intake(self) -> int | None:
+        for slot, proc in enumerate(self.workers.current):
+            if proc is not None and proc.poll() is None and await self.intake_unacked(proc) > 0:
+                return slot
+        return None
 
     async def kill_at_random(self, window_s: float) -> None:
-        """N_KILLS kills at seeded random moments over ``window_s``, each victim restarted after a pause."""
+        """N_KILLS - 1 kills at seeded random moments over ``window_s`` (one more is the intake burst's);
+        the victim is drawn among workers up for MIN_UPTIME_S (else the longest up, once it is)."""
         loop = asyncio.get_running_loop()
         start = loop.time()
-        moments = sorted(self.rng.uniform(MIN_UPTIME_S, window_s) for _ in range(N_KILLS))
+        moments = sorted(self.rng.uniform(MIN_UPTIME_S, window_s) for _ in range(N_KILLS - 1))
         for moment in moments:
             await asyncio.sleep(max(0.0, start + moment - loop.time()))
-            slot = self.rng.choice((0, 1))
-            await asyncio.sleep(max(0.0, MIN_UPTIME_S - self.workers.uptime_s(slot)))
-            kill = await self.kill(slot)
-            await asyncio.sleep(RESTART_AFTER_S)
-            self.workers.start(slot)
-            await asyncio.sleep(max(0.0, CLASSIFY_AFTER_S - RESTART_AFTER_S))
-            await self.classify(kill)
+            async with self.lock:
+                ready = [s for s in (0, 1) if self.workers.uptime_s(s) >= MIN_UPTIME_S]
+                slot = self.rng.choice(ready) if ready else max((0, 1), key=self.workers.uptime_s)
+                await asyncio.sleep(max(0.0, MIN_UPTIME_S - self.workers.uptime_s(slot)))
+                await self.kill_and_restart(slot)
+
+    async def kill_and_restart(self, slot: int) -> None:
+        kill = await self.kill(slot)
+        await asyncio.sleep(RESTART_AFTER_S)
+        self.workers.start(slot)
+        await asyncio.sleep(max(0.0, CLASSIFY_AFTER_S - RESTART_AFTER_S))
+        await self.classify(kill)
 
     async def kill(self, slot: int) -> Kill:
         ids = list(self.scripts)
@@ -321,7 +399,9 @@ class Run:
             if same and await self.client.exists(f"arq:in-progress:poll:{claim}"):
                 kill.orphans.add(task_id)
         now = await self.sending()
-        kill.cut_tries = {d for d, since in kill.sending.items() if now.get(d) == since}
+        cut = {(d, since) for d, since in kill.sending.items() if now.get(d) == since} - self.cut_seen
+        self.cut_seen |= cut
+        kill.cut_tries = {d for d, _ in cut}
 
 
 # --- the test ------------------------------------------------------------------------------------
@@ -329,12 +409,13 @@ class Run:
 
 @pytest.mark.timeout(300)
 async def test_killed_workers_lose_nothing_and_duplicate_little(
-    redis_url: str, make_sim: MakeSim, receiver: Receiver, tmp_path: Path
+    redis_url: str, make_sim: MakeSim, receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    tap = SimTap(monkeypatch)
     sim_url, state = await make_sim(auto=False, latency_s=SIM_LATENCY_S, seed=SEED)
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     workers = Workers(worker_env(redis_url, sim_url, receiver.url + "/hook"), tmp_path)
-    run = Run(client, state, workers)
+    run = Run(client, state, tap, workers)
     started = time.monotonic()
     try:
         await run.store.ensure_intake_group()
@@ -364,6 +445,9 @@ async def test_killed_workers_lose_nothing_and_duplicate_little(
     assert sorted(terminal) == sorted(run.scripts), "not exactly one terminal event per task"
     repoll_gaps(run)
     report(run, receiver, counters, statuses, killed_until - started, finished - started)
+    late_s = burst_registration_delays(run, records)
+    print(f" intake burst: {len(run.burst_ids)} entries, registered up to {max(late_s):.1f}s after the XADD")
+    assert not run.intake_kill_missed, "no worker was seen holding unacknowledged intake entries"
     assert all_done, (sorted(set(run.scripts) - {h.task_id for h in receiver.hits})[:20], statuses)
     assert statuses == Counter({"delivered": N_TASKS}), statuses
     check_webhooks(run, receiver, terminal, counters)
@@ -411,11 +495,12 @@ def repoll_gaps(run: Run) -> None:
             later = [t for t in polled.get(task_id, []) if t > kill.at_s]
             if later:  # none: the dead worker's poll had already found it finished, a live one wrote it
                 kill.repoll_gaps_s.append(min(later) - kill.at_s)
-        kill.cut_requests = sum(
-            1
-            for e in run.state.log
-            if e.at_s <= kill.at_s <= e.at_s + SIM_LATENCY_S + 0.1 and kill.orphans.intersection(e.ids)
-        )
+        kill.cut_requests = sum(1 for arrived, hung_up, _ in run.tap.cut if arrived <= kill.at_s <= hung_up)
+
+
+def burst_registration_delays(run: Run, records: list[Record]) -> list[float]:
+    by_id = {r.id: r for r in records}
+    return [(by_id[t].enqueued_at_ms - run.burst_at_ms) / 1000 for t in run.burst_ids]
 
 
 def check_webhooks(run: Run, receiver: Receiver, terminal: dict[str, str], counters: dict[str, int]) -> None:
@@ -436,26 +521,27 @@ def report(
     run: Run, receiver: Receiver, counters: dict[str, int], statuses: Counter[str], kill_s: float, total_s: float
 ) -> None:
     for kill in run.kills:
-        kill.receiver_in_flight = sum(1 for h in receiver.hits if h.at_s <= kill.at_s <= h.at_s + RECEIVER_SLEEP_S)
+        kill.receiver_cut = sum(1 for h in receiver.hits if h.cut_at_s and h.at_s <= kill.at_s <= h.cut_at_s)
     copies = Counter(h.task_id for h in receiver.hits)
     dups = {t: n for t, n in copies.items() if n > 1}
     gaps = sorted(g for k in run.kills for g in k.repoll_gaps_s)
     lines = [
         f"\ncrash: {N_TASKS} tasks, {len(run.kills)} kills over {kill_s:.1f}s, {total_s:.1f}s in all",
         " kill  slot  uptime  claims held  orphaned  cut requests  tries sending  cut tries  leased outbox  "
-        "intake unacked  receiver in flight  repoll gaps (s)",
+        "intake unacked  cut webhooks  repoll gaps (s)",
     ]
     for n, k in enumerate(run.kills):
         gap_text = ",".join(f"{g:.2f}" for g in sorted(k.repoll_gaps_s)[-3:])
         lines.append(
             f" {n:4d}  {k.slot:4d}  {k.uptime_s:6.1f}  {len(k.claims):11d}  {len(k.orphans):8d}  "
             f"{k.cut_requests:12d}  {len(k.sending):13d}  {len(k.cut_tries):9d}  {k.leased_outbox:13d}  "
-            f"{k.intake_unacked:14d}  {k.receiver_in_flight:18d}  {gap_text}"
+            f"{k.intake_unacked:14d}  {k.receiver_cut:12d}  {gap_text}"
         )
     hit = {
         "claims": sum(1 for k in run.kills if k.orphans),
         "requests": sum(1 for k in run.kills if k.cut_requests),
         "webhook tries": sum(1 for k in run.kills if k.cut_tries),
+        "webhook requests": sum(1 for k in run.kills if k.receiver_cut),
         "leased outbox": sum(1 for k in run.kills if k.leased_outbox),
         "intake": sum(1 for k in run.kills if k.intake_unacked),
     }

@@ -7,7 +7,7 @@ shape (``Record``). It does no I/O.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -187,15 +187,25 @@ class Clip:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
+        """JSON-ready form (written out by hand: ``asdict`` deep-copies, and this runs per poll)."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "state": self.state.value,
+            "audio_url": self.audio_url,
+            "video_url": self.video_url,
+            "image_url": self.image_url,
+            "duration_s": self.duration_s,
+            "error": self.error,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Clip:
-        """Inverse of ``to_dict``."""
-        return cls(**{**data, "state": ClipState(data["state"])})
+        """Inverse of ``to_dict``; absent fields (compact storage drops nulls) are None."""
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        known.setdefault("id", None)
+        known.setdefault("title", None)
+        return cls(**{**known, "state": ClipState(data["state"])})
 
 
 @dataclass
@@ -272,3 +282,13 @@ class OutEvent:
             "fields": [[k, v] for k, v in self.fields.items()],
             "deliveries": [{"id": d_id, "body": body} for d_id, body in self.deliveries],
         }
+
+
+def compact(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's dict without its null fields (and its clips' null fields): how records are stored.
+
+    ``Record.from_dict`` restores them. ``meta``, ``error`` and ``response`` are kept untouched.
+    """
+    out = {k: v for k, v in record.items() if v is not None}
+    out["clips"] = [{k: v for k, v in clip.items() if v is not None} for clip in record.get("clips") or []]
+    return out

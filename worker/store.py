@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.errors import StoreError
 from worker.intake import MAX_DEADLINE_S, EnqueueRequest
-from worker.models import TERMINAL_STATES, OutEvent, Record, TaskState
+from worker.models import TERMINAL_STATES, OutEvent, Record, TaskState, compact
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ async def translate_errors(what: str) -> AsyncIterator[None]:
 
 
 def _record_json(record: Record) -> str:
-    return json.dumps(record.to_dict(), separators=(",", ":"))
+    # stored compact and without nulls: a pending task costs Redis memory for as long as it runs
+    return json.dumps(compact(record.to_dict()), separators=(",", ":"))
 
 
 def _events_json(events: Iterable[OutEvent]) -> str:

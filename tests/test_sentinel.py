@@ -1,0 +1,363 @@
+"""Redis Sentinel failover: the primary is SIGKILLed mid-run, Sentinel promotes the replica, acetrack follows.
+
+A primary and a replica (``--replicaof``) ``redis-server`` and three Sentinels (``sentinel monitor mymaster
+127.0.0.1 <port> 2``, ``down-after-milliseconds 1000``, ``failover-timeout 5000``, ``parallel-syncs 1``), all
+on free loopback ports with their files in ``tmp_path``. Two ``python -m worker worker`` subprocesses and a
+``Tracker.from_url`` use ``redis+sentinel://127.0.0.1:s1,127.0.0.1:s2,127.0.0.1:s3/mymaster/0``; the simulator
+of the Tasks API runs in this test's event loop. 100 tasks are enqueued, the primary is killed while most of
+them are still pending, and every task must still end in the state its script implies, with exactly one
+terminal event each in the new primary's events stream.
+
+What a failover can lose. Replication is asynchronous: the primary acknowledges a write before the replica
+has it, so whatever the replica had not received when the primary died is gone after the promotion. For
+acetrack that window (typically well under a second of writes) can hold:
+
+- tasks enqueued in the last moments (their records and due entries): lost, the caller got an ack. Enqueueing
+  again is safe (it keeps the first record), so a caller that cannot tolerate this re-enqueues after a
+  failover, or waits for replication (``WAIT 1 <ms>``) before it trusts an enqueue;
+- a terminal write (record, event and outbox entry are one atomic unit, so they are lost together): the task
+  is still pending on the new primary and is polled and finished again; the webhook sent for the lost write
+  is sent again with a *different* ``webhook-id`` (a new event), so a receiver cannot de-duplicate it;
+- progress updates, claims (the id is simply due again) and outbox state (a delivered webhook can be sent
+  again, same ``webhook-id``).
+
+This test enqueues every task well before the kill and waits until the replica's offset has caught up with
+the primary's (``INFO replication``), so it can assert that nothing was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from test_e2e import check_outcome
+
+from worker import sim
+from worker.models import Record
+from worker.store import Store
+from worker.tracker import Tracker
+
+MakeSim = Callable[..., Awaitable[tuple[str, sim.SimState]]]
+ROOT = Path(__file__).resolve().parents[1]
+MASTER = "mymaster"
+N_TASKS = 100
+SCRIPTS = ("succeed", "succeed", "partial", "error", "legacy")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+class Cluster:
+    """The Redis processes of one test, every one killed at exit."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.primary_port, self.replica_port = free_port(), free_port()
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.primary: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        nodes = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{nodes}/{MASTER}/0"
+
+    def spawn(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        with (self.folder / f"{name}.log").open("wb") as out:
+            proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT, cwd=self.folder)
+        self.procs.append(proc)
+        return proc
+
+    def start_servers(self) -> None:
+        for name, port in (("primary", self.primary_port), ("replica", self.replica_port)):
+            folder = self.folder / name
+            folder.mkdir()
+            args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""]
+            if name == "replica":
+                args += ["--replicaof", "127.0.0.1", str(self.primary_port)]
+            proc = self.spawn(args, name)
+            if name == "primary":
+                self.primary = proc
+            wait_port(port)
+
+    def start_sentinels(self) -> None:
+        for n, port in enumerate(self.sentinel_ports):
+            conf = self.folder / f"sentinel{n}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.folder}\n"
+                f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
+                f"sentinel down-after-milliseconds {MASTER} 1000\n"
+                f"sentinel failover-timeout {MASTER} 5000\n"
+                f"sentinel parallel-syncs {MASTER} 1\n"
+            )
+            self.spawn([str(conf), "--sentinel"], f"sentinel{n}")
+        for port in self.sentinel_ports:
+            wait_port(port)
+
+    def kill_primary(self) -> None:
+        assert self.primary is not None
+        self.primary.send_signal(signal.SIGKILL)
+        self.primary.wait()
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(self.folder.glob("*.log")))
+
+
+@contextmanager
+def cluster(folder: Path) -> Iterator[Cluster]:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no redis-server on PATH: CI must run the Sentinel test")
+        pytest.skip("no redis-server on PATH")
+    c = Cluster(folder)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@contextmanager
+def workers(env: dict[str, str], folder: Path, n: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(n):
+            with (folder / f"worker{i}.log").open("wb") as out:
+                procs.append(
+                    subprocess.Popen([sys.executable, "-m", "worker", "worker"], env=env, cwd=ROOT, stderr=out)
+                )
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def worker_env(redis_url: str, sim_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACETRACK_")}
+    env.update(
+        {
+            "ACETRACK_REDIS_URL": redis_url,
+            "ACETRACK_API_BASE_URL": sim_url,
+            "ACETRACK_API_TOKEN": "t",
+            "ACETRACK_POLL_S": "0.5",
+            "ACETRACK_FIRST_POLL_S": "0.2",
+            "ACETRACK_LEASE_S": "2",
+        }
+    )
+    return env
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, interval_s: float = 0.1) -> bool:
+    """True once ``check`` is; Redis being unreachable meanwhile (a failover) counts as not yet."""
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up:
+        try:
+            if await check():
+                return True
+        except (RedisError, OSError):
+            pass
+        await asyncio.sleep(interval_s)
+    return False
+
+
+async def info(port: int, section: str) -> dict[str, object]:
+    client = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+    try:
+        return await client.info(section)
+    finally:
+        await client.aclose()
+
+
+async def sentinels_ready(ports: list[int]) -> bool:
+    """Every Sentinel knows the replica and the two other Sentinels (else a failover cannot be agreed)."""
+    for port in ports:
+        client = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+        try:
+            state = await client.sentinel_master(MASTER)
+        finally:
+            await client.aclose()
+        if int(state["num-slaves"]) < 1 or int(state["num-other-sentinels"]) < 2:
+            return False
+    return True
+
+
+async def master_port(ports: list[int]) -> int:
+    client = aioredis.Redis(host="127.0.0.1", port=ports[0], decode_responses=True)
+    try:
+        _, port = await client.sentinel_get_master_addr_by_name(MASTER)
+    finally:
+        await client.aclose()
+    return int(port)
+
+
+async def enqueue(tracker: Tracker, state: sim.SimState) -> dict[str, str]:
+    rng, scripts = random.Random(7), {}
+    for i in range(N_TASKS):
+        script = rng.choice(SCRIPTS)
+        task_id = f"{script}-{i}"
+        state.add_task("suno", task_id, script=script, run_s=rng.uniform(3.0, 12.0), clip_gap_s=0.5)
+        await tracker.enqueue("suno", task_id)
+        scripts[task_id] = script
+    return scripts
+
+
+async def terminal_records(tracker: Tracker, ids: list[str]) -> list[Record]:
+    records = await tracker.store.get_many(("suno", i) for i in ids)
+    return [r for r in records if r is not None and r.terminal]
+
+
+@pytest.mark.timeout(120)
+async def test_workers_follow_a_sentinel_failover_and_every_task_finishes(make_sim: MakeSim, tmp_path: Path) -> None:
+    sim_url, state = await make_sim(auto=False, latency_s=0.05)
+    with cluster(tmp_path) as redis_cluster:
+        redis_cluster.start_servers()
+        link_up = await eventually(
+            lambda: _is(info(redis_cluster.replica_port, "replication"), "master_link_status", "up"), 15
+        )
+        assert link_up, redis_cluster.logs()
+        redis_cluster.start_sentinels()
+        assert await eventually(lambda: sentinels_ready(redis_cluster.sentinel_ports), 30), redis_cluster.logs()
+        tracker = Tracker.from_url(redis_cluster.url, first_poll_s=0.2)
+        try:
+            await run_failover(redis_cluster, tracker, state, worker_env(redis_cluster.url, sim_url), tmp_path)
+        finally:
+            await tracker.close()
+            await close_sentinel_clients(tracker)  # Tracker.close() leaves them open: see the xfail test below
+
+
+def sentinel_clients(tracker: Tracker) -> list[aioredis.Redis]:
+    """The clients that ``create_redis``'s ``Sentinel`` keeps, one per Sentinel address."""
+    clients: list[aioredis.Redis] = tracker.store.redis.connection_pool.sentinel_manager.sentinels
+    return clients
+
+
+async def close_sentinel_clients(tracker: Tracker) -> None:
+    for client in sentinel_clients(tracker):
+        await client.aclose()
+
+
+def open_connections(client: aioredis.Redis) -> int:
+    pool = client.connection_pool
+    return sum(1 for c in (*pool._available_connections, *pool._in_use_connections) if c.is_connected)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="worker/tracker.py Tracker.close() closes only the master client that worker/store.py create_redis() "
+    "returns for a redis+sentinel:// URL, not the Sentinel's own clients: their connections stay open "
+    "(ResourceWarning 'unclosed Connection' to the Sentinel port, an error under this suite's filterwarnings)",
+)
+async def test_tracker_close_closes_its_sentinel_connections(tmp_path: Path) -> None:
+    with cluster(tmp_path) as redis_cluster:
+        redis_cluster.start_servers()
+        redis_cluster.start_sentinels()
+        tracker = Tracker.from_url(redis_cluster.url)
+        try:
+            assert await tracker.get("suno", "nothing") is None  # asks a Sentinel for the primary
+            await tracker.close()
+            assert [open_connections(c) for c in sentinel_clients(tracker)] == [0, 0, 0]
+        finally:
+            await close_sentinel_clients(tracker)
+
+
+async def run_failover(
+    redis_cluster: Cluster, tracker: Tracker, state: sim.SimState, env: dict[str, str], folder: Path
+) -> None:
+    started = time.monotonic()
+    with workers(env, folder, 2) as procs:
+        assert await eventually(lambda: _n_workers(tracker.store, 2), 30), _tails(folder)
+        scripts = await enqueue(tracker, state)
+        ids = list(scripts)
+        # nothing enqueued may sit in the replication window: wait until the replica has it all
+        target = int((await info(redis_cluster.primary_port, "replication"))["master_repl_offset"])
+        caught_up = await eventually(lambda: _replica_at(redis_cluster.replica_port, target), 10, 0.02)
+        assert caught_up, redis_cluster.logs()
+        await asyncio.sleep(2.0)  # polls are under way, a few tasks have finished
+        done_before = len(await terminal_records(tracker, ids))
+        killed_at, killed_at_ms = time.monotonic(), int(time.time() * 1000)
+        redis_cluster.kill_primary()
+        promoted = await eventually(
+            lambda: _equals(master_port(redis_cluster.sentinel_ports), redis_cluster.replica_port), 30
+        )
+        promoted_after_s = time.monotonic() - killed_at
+        assert promoted, redis_cluster.logs()
+        finished = await eventually(lambda: _all_terminal(tracker, ids), 60, 0.2)
+        finished_after_s = time.monotonic() - killed_at
+        records = await terminal_records(tracker, ids)
+        # both workers beat on the new primary since the kill (a heartbeat comes every 5 s)
+        beating = await eventually(lambda: _n_workers(tracker.store, 2, since_ms=killed_at_ms), 12)
+        alive = [p.poll() is None for p in procs]
+        events = await tracker.store.redis.xrange(tracker.store.events_key)
+    print(
+        f"\nsentinel: {done_before}/{N_TASKS} terminal at the kill; replica promoted {promoted_after_s:.1f}s "
+        f"after it; all terminal {finished_after_s:.1f}s after it; {time.monotonic() - started:.1f}s in all"
+    )
+    assert alive == [True, True], _tails(folder)
+    assert done_before < N_TASKS // 2  # the kill really was mid-run
+    assert finished, (len(records), _tails(folder))
+    for record in records:
+        check_outcome(record, scripts[record.id])
+    terminal = [f["id"] for _, f in events if f["type"] in ("task.succeeded", "task.failed")]
+    assert sorted(terminal) == sorted(ids)  # none lost, none written twice
+    assert beating, _tails(folder)
+
+
+async def _is(info_call: Awaitable[dict[str, object]], key: str, value: str) -> bool:
+    return (await info_call).get(key) == value
+
+
+async def _equals(call: Awaitable[int], value: int) -> bool:
+    return await call == value
+
+
+async def _replica_at(port: int, offset: int) -> bool:
+    return int((await info(port, "replication"))["slave_repl_offset"]) >= offset
+
+
+async def _n_workers(store: Store, n: int, since_ms: int = 0) -> bool:
+    return sum(1 for beat in await store.workers() if int(beat["at_ms"]) > since_ms) >= n
+
+
+async def _all_terminal(tracker: Tracker, ids: list[str]) -> bool:
+    return len(await terminal_records(tracker, ids)) == len(ids)
+
+
+def _tails(folder: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(folder.glob("worker*.log")))

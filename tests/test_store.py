@@ -170,3 +170,20 @@ async def test_meta_comes_back_untouched_nulls_included(backend: Backend) -> Non
     await register(store, "t1", meta=meta)
     record = await store.get("suno", "t1")
     assert record is not None and record.meta == meta
+
+
+async def test_listing_every_state_pages_across_state_boundaries(backend: Backend) -> None:
+    store = backend.store()
+    for i in range(7):
+        _, record = await register(store, f"t{i}", now_ms=NOW_MS)  # tied scores
+        if i % 3 == 1:
+            await store.finish(fail(record, Reason.CANCELLED, NOW_MS + i, None), NOW_MS + i, [], lifetime_ms=None)
+    seen, after, pages = [], None, 0
+    while True:
+        records, after = await store.list_page(None, None, 2, after)
+        seen += [(r.state.value, r.id) for r in records]
+        pages += 1
+        if after is None:
+            break
+    assert pages == 4 and len(seen) == 7 and len(set(seen)) == 7
+    assert [s for s, _ in seen] == ["pending"] * 5 + ["failed"] * 2  # pending first, then succeeded, then failed

@@ -30,7 +30,7 @@ from worker.errors import ConfigError, InvalidInput, StoreError
 from worker.hooks import destinations_by_event
 from worker.intake import EnqueueRequest, build_request, check_id, check_service
 from worker.models import Record, TaskState
-from worker.store import Store, create_redis
+from worker.store import Cursor, Store, create_redis
 from worker.webhooks import screen
 
 logger = logging.getLogger(__name__)
@@ -205,18 +205,21 @@ async def lookup(request: web.Request) -> web.Response:
     return web.json_response({"tasks": [r.to_dict() for r in records if r], "missing": missing})
 
 
-def _encode_cursor(cursor: tuple[int, str] | None) -> str | None:
+def _encode_cursor(cursor: Cursor | None) -> str | None:
     return None if cursor is None else base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode()
 
 
-def _decode_cursor(text: str | None) -> tuple[int, str] | None:
+def _decode_cursor(text: str | None, state: TaskState | None) -> Cursor | None:
     if not text:
         return None
     try:
-        score, member = json.loads(base64.urlsafe_b64decode(text.encode()))
-        return int(score), str(member)
+        cursor_state, score, member = json.loads(base64.urlsafe_b64decode(text.encode()))
+        cursor = (TaskState(cursor_state).value, int(score), str(member))
     except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error) as e:
         raise ApiError(400, "invalid", "cursor is not one this API returned; start again without it", "cursor") from e
+    if state is not None and cursor[0] != state.value:
+        raise ApiError(400, "invalid", "cursor belongs to another listing; start again without it", "cursor")
+    return cursor
 
 
 def _list_params(request: web.Request) -> tuple[str | None, TaskState | None, int]:
@@ -238,7 +241,7 @@ def _list_params(request: web.Request) -> tuple[str | None, TaskState | None, in
 async def list_tasks(request: web.Request) -> web.Response:
     """``GET /tasks?state=&service=&limit=&cursor=``: oldest first, ``next_cursor`` until the end."""
     service, state, limit = _list_params(request)
-    after = _decode_cursor(request.query.get("cursor"))
+    after = _decode_cursor(request.query.get("cursor"), state)
     records, next_cursor = await request.app[API].store.list_page(service, state, limit, after)
     return web.json_response({"tasks": [r.to_dict() for r in records], "next_cursor": _encode_cursor(next_cursor)})
 

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.errors import StoreError
-from worker.intake import MAX_DEADLINE_S, EnqueueRequest
+from worker.intake import EnqueueRequest
 from worker.models import TERMINAL_STATES, OutEvent, Record, TaskState, compact
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,10 @@ RATE_HEADROOM = 1.02
 REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 SCRIPTS = ("register", "claim", "spend", "update", "finish", "release", "take_outbox")
 EMITTING_SCRIPTS = frozenset({"update", "finish"})
+
+
+#: where a listing stopped: (state, score, member) of its last row
+Cursor = tuple[str, int, str]
 
 
 @dataclass(frozen=True)
@@ -125,10 +129,10 @@ class Store:
     def due_key(self, service: str, token: str) -> str:
         return f"{self.prefix}:due:{service}:{token}"
 
-    def index_key(self, service: str | None, state: TaskState | str | None) -> str:
-        """Tasks of one service (or of all: None) in one state (or any: None), scored by time."""
+    def index_key(self, service: str | None, state: TaskState | str) -> str:
+        """Tasks of one service (or of all: None) in one state, scored by enqueue (pending) or finish time."""
         scope = f"idx:{service}" if service else "idxall"
-        return f"{self.prefix}:{scope}:{TaskState(state).value if state else 'any'}"
+        return f"{self.prefix}:{scope}:{TaskState(state).value}"
 
     def backoff_key(self, service: str, token: str) -> str:
         return f"{self.prefix}:backoff:{service}:{token}"
@@ -205,7 +209,7 @@ class Store:
             self.queues_key,
             self.services_key,
             self.intake_key,
-            *(self.index_key(scope, state) for scope in (req.service, None) for state in (*TaskState, None)),
+            *(self.index_key(scope, state) for scope in (req.service, None) for state in TaskState),
         ]
         args: list[Any] = [
             _record_json(record),
@@ -563,14 +567,11 @@ class Store:
     async def prune(self, now_ms: int) -> int:
         """Drop index entries, rejects and dead letters older than the retention."""
         cutoff = now_ms - self.retention_ms
-        # "any" indexes are scored by enqueue time; a task can stay pending up to the longest deadline
-        any_cutoff = cutoff - int(MAX_DEADLINE_S * 1000)
         removed = 0
         services: set[str] = await self.redis.smembers(self.services_key)  # type: ignore[misc]
         for scope in (*services, None):
             for state in TERMINAL_STATES:
                 removed += int(await self.redis.zremrangebyscore(self.index_key(scope, state), "-inf", cutoff))
-            removed += int(await self.redis.zremrangebyscore(self.index_key(scope, None), "-inf", any_cutoff))
         removed += int(await self.redis.zremrangebyscore(self.dead_key, "-inf", cutoff))
         await self.redis.xtrim(self.rejected_key, minid=f"{max(cutoff, 0)}-0", approximate=True)
         return removed
@@ -589,28 +590,42 @@ class Store:
         return sorted(members)
 
     async def list_page(
-        self, service: str | None, state: TaskState | None, limit: int, after: tuple[int, str] | None = None
-    ) -> tuple[list[Record], tuple[int, str] | None]:
-        """One page of records, oldest first, and the cursor of the next page (None at the end).
+        self, service: str | None, state: TaskState | None, limit: int, after: Cursor | None = None
+    ) -> tuple[list[Record], Cursor | None]:
+        """One page of records and the cursor of the next page (None at the end).
 
-        ``after`` is (score, member) of the last row of the previous page: rows with an equal
-        score sort by member in Redis, so the page after it is exact even when scores tie.
+        Oldest first within a state; with no state, pending then succeeded then failed. ``after``
+        is (state, score, member) of the previous page's last row: rows with an equal score sort
+        by member in Redis, so the next page is exact even when scores tie.
         """
-        key = self.index_key(service, state)
+        states = [state] if state else list(TaskState)
+        if after is not None:
+            states = states[[s.value for s in states].index(after[0]) :]  # ValueError: not this listing's
+        rows: list[tuple[TaskState, str, int]] = []
+        for each in states:
+            within = (after[1], after[2]) if after and after[0] == each.value else None
+            found = await self._index_rows(self.index_key(service, each), limit + 1 - len(rows), within)
+            rows += [(each, member, score) for member, score in found]
+            if len(rows) > limit:
+                break
+        page = rows[:limit]
+        pairs = [tuple(m.split(":", 1)) if service is None else (service, m) for _, m, _ in page]
+        records = await self.get_many((p[0], p[1]) for p in pairs)
+        last = page[-1] if page else None
+        next_cursor = (last[0].value, last[2], last[1]) if last and len(rows) > limit else None
+        return [r for r in records if r is not None], next_cursor
+
+    async def _index_rows(self, key: str, count: int, after: tuple[int, str] | None) -> list[tuple[str, int]]:
         rows: list[tuple[str, int]] = []
         start: float | str = after[0] if after else "-inf"
         offset = 0
-        while len(rows) < limit + 1:
-            chunk = await self.redis.zrangebyscore(key, start, "+inf", start=offset, num=limit + 1, withscores=True)
+        while len(rows) < count:
+            chunk = await self.redis.zrangebyscore(key, start, "+inf", start=offset, num=count, withscores=True)
             if not chunk:
                 break
             offset += len(chunk)
-            rows += [(m, int(sc)) for m, sc in chunk if not after or (int(sc), m) > (after[0], after[1])]
-        page, more = rows[:limit], len(rows) > limit
-        pairs = [tuple(m.split(":", 1)) if service is None else (service, m) for m, _ in page]
-        records = await self.get_many((p[0], p[1]) for p in pairs)
-        next_cursor = (page[-1][1], page[-1][0]) if more and page else None
-        return [r for r in records if r is not None], next_cursor
+            rows += [(m, int(sc)) for m, sc in chunk if not after or (int(sc), m) > after]
+        return rows[:count]
 
     async def backlog(self, now_ms: int) -> dict[str, int]:
         """Ids due now and not yet claimed, by ``service:token`` queue."""

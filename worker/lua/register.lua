@@ -2,8 +2,8 @@
 -- `reopen` asks to restart a finished task. Optionally acks and deletes the intake entry in
 -- the same step, so an entry is never both registered and left for another worker.
 -- KEYS: 1 task, 2 due zset, 3 queues set, 4 services set, 5 intake stream,
---       6 idx pending, 7 idx succeeded, 8 idx failed, 9 idx any (this service),
---       10 all-services idx pending, 11 succeeded, 12 failed, 13 any
+--       6 idx pending, 7 idx succeeded, 8 idx failed (this service),
+--       9 all-services idx pending, 10 succeeded, 11 failed
 -- ARGV: 1 record json, 2 deadline_at_ms, 3 due_ms, 4 queue member, 5 service, 6 id,
 --       7 now_ms, 8 reopen (0/1), 9 intake group, 10 intake entry id ('' for none)
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -18,11 +18,9 @@ if (not state) or (ARGV[8] == '1' and state ~= 'pending') then
   redis.call('ZREM', KEYS[7], ARGV[6])
   redis.call('ZREM', KEYS[8], ARGV[6])
   redis.call('ZADD', KEYS[6], ARGV[7], ARGV[6])
-  redis.call('ZADD', KEYS[9], ARGV[7], ARGV[6])
+  redis.call('ZREM', KEYS[10], member)
   redis.call('ZREM', KEYS[11], member)
-  redis.call('ZREM', KEYS[12], member)
-  redis.call('ZADD', KEYS[10], ARGV[7], member)
-  redis.call('ZADD', KEYS[13], ARGV[7], member)
+  redis.call('ZADD', KEYS[9], ARGV[7], member)
   created = 1
 end
 if ARGV[10] ~= '' then

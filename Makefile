@@ -3,14 +3,19 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test lint typecheck check clean
+.PHONY: demo test lint typecheck check bench bench-smoke soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/acetrack demo
@@ -26,6 +31,18 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+# not part of `make test`: acetrack against the official SDK's wait() loop (needs redis-server)
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run --tasks 10000 --scale 1 --contenders acetrack-2w
+
+bench-smoke: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run --smoke --out $${BENCH_OUT:-/tmp/acetrack-bench-smoke}
+
+# not in CI: 100k tasks over 10 minutes; worker RSS and Redis memory should stay flat
+soak: $(BENCH_STAMP)
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

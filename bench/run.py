@@ -157,9 +157,7 @@ class AcetrackSide:
         zsets = {
             "due": self.store.due_key(SERVICE, "default"),
             "idx_pending": pending_key,
-            "idx_any": self.store.index_key(SERVICE, None),
             "idxall_pending": self.store.index_key(None, TaskState.PENDING),
-            "idxall_any": self.store.index_key(None, None),
         }
         per_member = {}
         for label, key in zsets.items():

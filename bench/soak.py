@@ -189,12 +189,14 @@ async def sample(client: aioredis.Redis, worker_pid: int, t0: float, phase: str,
     }
 
 
-async def key_breakdown(client: aioredis.Redis) -> dict[str, int]:
-    """Keys left at the end by kind (the part of the name after the prefix), and the biggest sets' sizes."""
+async def key_breakdown(client: aioredis.Redis) -> dict[str, float]:
+    """Keys left at the end by kind (the first two parts of the name), the biggest sets' sizes, and the
+    memory of the events stream (capped by ``ACETRACK_EVENTS_MAXLEN``, not expired by the retention)."""
     kinds: Counter[str] = Counter()
     async for key in client.scan_iter(count=1000):
         kinds[":".join(key.split(":")[:2])] += 1
-    sizes = {}
+    events_bytes = int(await client.memory_usage(f"{PREFIX}:events", samples=0) or 0)
+    sizes: dict[str, float] = {"events stream MB": round(events_bytes / 2**20, 2)}
     for name in ("idx:suno:any", "idxall:any", "idx:suno:succeeded", "idx:suno:failed", "lifetimes:suno"):
         key = f"{PREFIX}:{name}"
         kind = await client.type(key)

@@ -9,8 +9,13 @@ plain ``XADD`` intake entries). A seeded RNG picks when to kill and which worker
 at least ``MIN_UPTIME_S`` and is restarted ``RESTART_AFTER_S`` later.
 
 Injection points, so kills land mid-phase: the simulator answers after ``SIM_LATENCY_S`` (a poll holds its
-claim and its request is open for that long) and the receiver answers after ``RECEIVER_SLEEP_S`` (a webhook
-try is in flight for that long).
+claim and its request is open for that long), the receiver answers after ``RECEIVER_SLEEP_S`` (a webhook try
+is in flight for that long); one kill holds a webhook request open (``HOLD_S``) and kills the worker that
+sent it (found by its TCP connection), so at least one try is certainly cut off mid-request and must be sent
+again with the same ``webhook-id``; and halfway ``INTAKE_BURST`` intake entries are pushed at once and the
+worker seen holding them read-but-unacknowledged is killed (also one of the ``N_KILLS``). Those entries are
+taken over only after ``worker.store.INTAKE_RECLAIM_MS`` (30 s, not a setting and not scaled with the lease),
+so that burst's tasks are registered ~30-35 s late; the report prints the delay, the test does not bound it.
 
 Checked afterwards: every task ends in the state its script implies (``check_outcome``); exactly one
 terminal event per task in ``acetrack:events``; every task's webhook arrived, signed, all copies with the
@@ -37,6 +42,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,11 +71,15 @@ RUN_S = (2.0, 15.0)
 #: enqueues are spread over this long, so the run (and the kills) last ~35 s
 ENQUEUE_S = 20.0
 LEASE_S = 2.0
-SIM_LATENCY_S = 0.15
-RECEIVER_SLEEP_S = 0.1
+SIM_LATENCY_S = 0.3
+RECEIVER_SLEEP_S = 0.05
 RESTART_AFTER_S = 0.5
 #: intake entries pushed at once halfway through (injection point for the intake phase)
 INTAKE_BURST = 200
+#: one webhook request is held open this long and its sender killed meanwhile (injection point for deliveries)
+HOLD_S = 3.0
+#: which of the random kill moments is the held webhook's instead
+WEBHOOK_KILL_AT = N_KILLS // 3
 #: a victim has been up this long, so it holds claims and deliveries when it dies
 MIN_UPTIME_S = 2.0
 #: when a kill is classified: a live worker's poll or webhook try is long over by then, a dead one's lease not
@@ -130,11 +140,18 @@ class Hit:
 
 
 class Receiver:
-    """Records every request (verifying its signature) and answers 200 after ``RECEIVER_SLEEP_S``."""
+    """Records every request (verifying its signature) and answers 200 after ``RECEIVER_SLEEP_S``; once
+    armed (``hold_next``), holds the next request open for HOLD_S and reports the sender's TCP port."""
 
     def __init__(self) -> None:
         self.url = ""
+        self.port = 0
         self.hits: list[Hit] = []
+        self.held: asyncio.Future[tuple[Hit, int]] | None = None
+
+    def hold_next(self) -> asyncio.Future[tuple[Hit, int]]:
+        self.held = asyncio.get_running_loop().create_future()
+        return self.held
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -147,8 +164,12 @@ class Receiver:
         loop = asyncio.get_running_loop()
         hit = Hit(loop.time(), headers.get("webhook-id", ""), task_id)
         self.hits.append(hit)
+        sleep_s = RECEIVER_SLEEP_S
+        if self.held is not None and not self.held.done():
+            self.held.set_result((hit, request.transport.get_extra_info("peername")[1] if request.transport else 0))
+            sleep_s = HOLD_S
         try:
-            await asyncio.sleep(RECEIVER_SLEEP_S)
+            await asyncio.sleep(sleep_s)
         except asyncio.CancelledError:  # the sender went away mid-request (TestServer cancels the handler)
             hit.cut_at_s = loop.time()
             raise
@@ -162,7 +183,24 @@ async def receiver() -> AsyncIterator[Receiver]:
     app.router.add_route("*", "/{tail:.*}", rec.handle)
     async with TestServer(app, host="127.0.0.1") as server:
         rec.url = str(server.make_url("")).rstrip("/")
+        rec.port = int(server.port or 0)
         yield rec
+
+
+def pid_with_connection(local_port: int, remote_port: int, pids: list[int]) -> int | None:
+    """Which of ``pids`` owns the loopback TCP connection from ``local_port`` to ``remote_port``."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == local_port and int(fields[2].split(":")[1], 16) == remote_port:
+            inode = fields[9]
+    for pid in pids:
+        with suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                        return pid
+    return None
 
 
 # --- the simulator's open requests ---------------------------------------------------------------
@@ -260,8 +298,8 @@ class Kill:
     pid: int
     at_s: float  # loop time, the clock of the simulator's log and the receiver's hits
     uptime_s: float
-    claims: dict[str, str]  # id -> claim id held (by either worker) at the kill
-    sending: dict[str, int]  # delivery id -> sending_since_ms of tries under way at the kill
+    claims: dict[str, str]  # id -> claim id held (by either worker) just after the kill
+    sending: dict[str, int]  # delivery id -> sending_since_ms of tries under way just after the kill
     leased_outbox: int  # outbox entries taken (leased) but not yet being sent
     intake_unacked: int  # intake entries the victim had read and not acknowledged
     orphans: set[str] = field(default_factory=set)  # ids whose poll job died with the victim
@@ -274,8 +312,12 @@ class Kill:
 class Run:
     """The shared state of one crash run."""
 
-    def __init__(self, client: aioredis.Redis, state: sim.SimState, tap: SimTap, workers: Workers) -> None:
+    def __init__(
+        self, client: aioredis.Redis, state: sim.SimState, tap: SimTap, receiver: Receiver, workers: Workers
+    ) -> None:
         self.client, self.store, self.state, self.tap, self.workers = client, Store(client), state, tap, workers
+        self.receiver = receiver
+        self.held_task: str | None = None  # the task whose webhook was held open while its sender was killed
         self.tracker = Tracker.over(client, first_poll_s=0.2)
         self.scripts: dict[str, str] = {}
         self.kills: list[Kill] = []
@@ -333,23 +375,41 @@ class Run:
         self.intake_kill_missed = True
 
     async def slot_reading_intake(self) -> int | None:
+        """The worker holding at least a quarter of the burst read and unacknowledged, if any."""
         for slot, proc in enumerate(self.workers.current):
-            if proc is not None and proc.poll() is None and await self.intake_unacked(proc) > 0:
+            if proc is not None and proc.poll() is None and await self.intake_unacked(proc) >= INTAKE_BURST // 4:
                 return slot
         return None
 
     async def kill_at_random(self, window_s: float) -> None:
-        """N_KILLS - 1 kills at seeded random moments over ``window_s`` (one more is the intake burst's);
-        the victim is drawn among workers up for MIN_UPTIME_S (else the longest up, once it is)."""
+        """N_KILLS - 1 kills at seeded random moments over ``window_s`` (the intake burst's makes N_KILLS). The
+        WEBHOOK_KILL_AT-th kills the sender of a webhook request held open; the others a worker drawn among
+        those up for MIN_UPTIME_S (else the longest up, once it is)."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         moments = sorted(self.rng.uniform(MIN_UPTIME_S, window_s) for _ in range(N_KILLS - 1))
-        for moment in moments:
+        for n, moment in enumerate(moments):
             await asyncio.sleep(max(0.0, start + moment - loop.time()))
+            if n == WEBHOOK_KILL_AT:
+                await self.kill_webhook_sender()
+                continue
             async with self.lock:
                 ready = [s for s in (0, 1) if self.workers.uptime_s(s) >= MIN_UPTIME_S]
                 slot = self.rng.choice(ready) if ready else max((0, 1), key=self.workers.uptime_s)
                 await asyncio.sleep(max(0.0, MIN_UPTIME_S - self.workers.uptime_s(slot)))
+                await self.kill_and_restart(slot)
+
+    async def kill_webhook_sender(self) -> None:
+        """Injection point for deliveries: hold the next webhook request open and kill the worker sending it."""
+        async with self.lock:
+            try:
+                hit, port = await asyncio.wait_for(self.receiver.hold_next(), timeout=10)
+            except TimeoutError:
+                return
+            pid = pid_with_connection(port, self.receiver.port, [p.pid for p in self.workers.current if p])
+            slot = next((s for s, p in enumerate(self.workers.current) if p is not None and p.pid == pid), None)
+            if slot is not None:
+                self.held_task = hit.task_id
                 await self.kill_and_restart(slot)
 
     async def kill_and_restart(self, slot: int) -> None:
@@ -360,6 +420,12 @@ class Run:
         await self.classify(kill)
 
     async def kill(self, slot: int) -> Kill:
+        """SIGKILL the worker in ``slot``, then look at what it left under way: a dead worker's claims, tries
+        and unacknowledged intake entries stay as they were, a live one's move on within CLASSIFY_AFTER_S."""
+        proc = self.workers.current[slot]
+        uptime_s = self.workers.uptime_s(slot)
+        at_s = asyncio.get_running_loop().time()
+        pid = self.workers.kill(slot)
         ids = list(self.scripts)
         async with self.client.pipeline(transaction=False) as pipe:
             for task_id in ids:
@@ -368,10 +434,7 @@ class Run:
         sending = await self.sending()
         now_ms = int(time.time() * 1000)
         leased = await self.client.zcount(self.store.outbox_key, now_ms + 1, "+inf") - len(sending)
-        unacked = await self.intake_unacked(self.workers.current[slot])
-        uptime_s = self.workers.uptime_s(slot)
-        at_s = asyncio.get_running_loop().time()
-        pid = self.workers.kill(slot)
+        unacked = await self.intake_unacked(proc)
         claims = {i: c for i, c in zip(ids, held, strict=True) if c}
         kill = Kill(slot, pid, at_s, uptime_s, claims, sending, max(0, leased), unacked)
         self.kills.append(kill)
@@ -383,6 +446,7 @@ class Run:
         return {b["delivery_id"]: b["sending_since_ms"] for b in bodies if b.get("sending_since_ms")}
 
     async def intake_unacked(self, proc: subprocess.Popen[bytes] | None) -> int:
+        """Intake entries read and not acknowledged by the worker ``proc`` (its consumer is named after its pid)."""
         if proc is None:
             return 0
         try:
@@ -415,7 +479,7 @@ async def test_killed_workers_lose_nothing_and_duplicate_little(
     sim_url, state = await make_sim(auto=False, latency_s=SIM_LATENCY_S, seed=SEED)
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     workers = Workers(worker_env(redis_url, sim_url, receiver.url + "/hook"), tmp_path)
-    run = Run(client, state, tap, workers)
+    run = Run(client, state, tap, receiver, workers)
     started = time.monotonic()
     try:
         await run.store.ensure_intake_group()
@@ -448,6 +512,10 @@ async def test_killed_workers_lose_nothing_and_duplicate_little(
     late_s = burst_registration_delays(run, records)
     print(f" intake burst: {len(run.burst_ids)} entries, registered up to {max(late_s):.1f}s after the XADD")
     assert not run.intake_kill_missed, "no worker was seen holding unacknowledged intake entries"
+    assert any(k.intake_unacked for k in run.kills), "the intake burst's kill left no unacknowledged entries"
+    assert run.held_task is not None, "no webhook request was held open and its sender killed"
+    held_copies = [h for h in receiver.hits if h.task_id == run.held_task]
+    assert len(held_copies) >= 2 and held_copies[0].cut_at_s is not None, held_copies  # cut off, sent again
     assert all_done, (sorted(set(run.scripts) - {h.task_id for h in receiver.hits})[:20], statuses)
     assert statuses == Counter({"delivered": N_TASKS}), statuses
     check_webhooks(run, receiver, terminal, counters)
@@ -552,5 +620,7 @@ def report(
             f"(lease {LEASE_S}s)"
         )
     lines.append(f" webhooks: {len(receiver.hits)} requests, {len(receiver.hits) - N_TASKS} duplicates {dups}")
+    held = [round(h.at_s - run.kills[0].at_s, 1) for h in receiver.hits if h.task_id == run.held_task]
+    lines.append(f" held webhook {run.held_task}: copies at {held} s (after the first kill)")
     lines.append(f" deliveries by status {dict(statuses)}; counters {counters}")
     print("\n".join(lines))

@@ -279,12 +279,6 @@ def open_connections(client: aioredis.Redis) -> int:
     return sum(1 for c in (*pool._available_connections, *pool._in_use_connections) if c.is_connected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/tracker.py Tracker.close() closes only the master client that worker/store.py create_redis() "
-    "returns for a redis+sentinel:// URL, not the Sentinel's own clients: their connections stay open "
-    "(ResourceWarning 'unclosed Connection' to the Sentinel port, an error under this suite's filterwarnings)",
-)
 async def test_tracker_close_closes_its_sentinel_connections(tmp_path: Path) -> None:
     with cluster(tmp_path) as redis_cluster:
         redis_cluster.start_servers()
@@ -365,13 +359,6 @@ def _tails(folder: Path) -> str:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/jobs.py ResilientWorker._poll_iteration: arq's Worker._poll_iteration re-raises, one per "
-    "iteration, the exception of every run_job task that failed while Redis was down (its result could not be "
-    "written); ResilientWorker takes each stale error for a live outage and sleeps its doubled back-off (up to "
-    "5 s), so after the failover the poll queue starts jobs only once per ~5 s until every stale task is drained",
-)
 async def test_polling_resumes_at_its_cadence_right_after_a_failover(make_sim: MakeSim, tmp_path: Path) -> None:
     """One worker, many small batches in flight (the simulator answers after 0.8 s) when the primary dies:
     those jobs end during the outage. Once the replica is promoted, requests must flow at the poll cadence

@@ -333,10 +333,22 @@ class ResilientWorker(arq.worker.Worker):
 
     outage_s = 0.0
 
+    async def _redis_answers(self) -> bool:
+        try:
+            await self.pool.ping()
+        except REDIS_DOWN:
+            return False
+        return True
+
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
         except REDIS_DOWN as e:
+            if await self._redis_answers():
+                # arq re-raises, one per iteration, the error of a job that ended during an outage
+                # already over: no reason to wait
+                logger.info("job queue %s: a job failed during the outage (%s)", self.queue_name, e)
+                return
             self.outage_s = min(MAX_OUTAGE_SLEEP_S, max(0.5, self.outage_s * 2))
             logger.warning("job queue %s: redis unavailable (%s); retrying in %.1fs", self.queue_name, e, self.outage_s)
             await asyncio.sleep(self.outage_s)

@@ -125,3 +125,7 @@ class Tracker:
     async def close(self) -> None:
         """Close the Redis connection."""
         await self.store.redis.aclose()
+        # a Sentinel-backed client also holds one client per Sentinel
+        manager = getattr(self.store.redis.connection_pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", []):
+            await sentinel.aclose()

@@ -42,7 +42,7 @@ bench-smoke: $(BENCH_STAMP)
 
 # not in CI: 100k tasks over 10 minutes; worker RSS and Redis memory should stay flat
 soak: $(BENCH_STAMP)
-	$(BIN)/python -m bench.soak
+	$(BIN)/python -m bench.soak --tasks 100000 --minutes 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

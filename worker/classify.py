@@ -40,7 +40,7 @@ MIN_SKIP_SAMPLES = 20
 LATE_FACTOR = 1.5
 GROWTH = 1.5
 #: answers in a row without the id (besides the grace period) before it is "not found"
-MIN_MISSES = 3
+MIN_MISSES = 5
 
 Rng = Callable[[], float]
 

@@ -44,8 +44,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from worker.models import TERMINAL_STATES, TaskState
+from worker.store import Store
+
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "acetrack"
+#: the store's key names (the store module owns them; nothing is sent through this unconnected client)
+KEYS = Store(aioredis.Redis(), PREFIX)
 #: the simulator's lifetimes of auto-created tasks at scale 1 (worker.sim's default ``auto_run_s``)
 AUTO_RUN_S = (2.0, 8.0)
 ENQUEUE_TICK_S = 0.1
@@ -161,7 +166,7 @@ async def enqueue(client: aioredis.Redis, n: int, seconds: float, counter: list[
         if due > sent:
             async with client.pipeline(transaction=False) as pipe:
                 for i in range(sent, due):
-                    pipe.xadd(f"{PREFIX}:intake", {"service": "suno", "id": f"soak-{i:07d}"})
+                    pipe.xadd(KEYS.intake_key, {"service": "suno", "id": f"soak-{i:07d}"})
                 await pipe.execute()
             sent = due
             counter[0] = sent
@@ -171,12 +176,12 @@ async def enqueue(client: aioredis.Redis, n: int, seconds: float, counter: list[
 async def sample(client: aioredis.Redis, worker_pid: int, t0: float, phase: str, enqueued: int) -> dict[str, Any]:
     mem = await client.info("memory")
     async with client.pipeline(transaction=False) as pipe:
-        pipe.zcard(f"{PREFIX}:idx:suno:pending")
-        pipe.xlen(f"{PREFIX}:intake")
+        pipe.zcard(KEYS.index_key("suno", TaskState.PENDING))
+        pipe.xlen(KEYS.intake_key)
         pipe.dbsize()
-        pipe.exists(f"{PREFIX}:events")
+        pipe.exists(KEYS.events_key)
         pending, intake, keys, has_events = await pipe.execute()
-    events = await client.xlen(f"{PREFIX}:events") if has_events else 0
+    events = await client.xlen(KEYS.events_key) if has_events else 0
     return {
         "t_s": round(time.monotonic() - t0, 1),
         "phase": phase,
@@ -195,10 +200,12 @@ async def key_breakdown(client: aioredis.Redis) -> dict[str, float]:
     kinds: Counter[str] = Counter()
     async for key in client.scan_iter(count=1000):
         kinds[":".join(key.split(":")[:2])] += 1
-    events_bytes = int(await client.memory_usage(f"{PREFIX}:events", samples=0) or 0)
+    events_bytes = int(await client.memory_usage(KEYS.events_key, samples=0) or 0)
     sizes: dict[str, float] = {"events stream MB": round(events_bytes / 2**20, 2)}
-    for name in ("idx:suno:any", "idxall:any", "idx:suno:succeeded", "idx:suno:failed", "lifetimes:suno"):
-        key = f"{PREFIX}:{name}"
+    terminal = [KEYS.index_key(scope, state) for scope in ("suno", None) for state in TERMINAL_STATES]
+    names = (*terminal, KEYS.lifetimes_key("suno"))
+    for key in names:
+        name = key.removeprefix(PREFIX + ":")
         kind = await client.type(key)
         sizes[f"size {name}"] = int(await (client.zcard(key) if kind == "zset" else client.llen(key)))
     return {**dict(kinds.most_common(12)), **sizes}
@@ -305,7 +312,7 @@ async def run_phases(
         "samples": samples,
         "verdict": verdict(samples, args, warmup_s),
         "keys_left": await key_breakdown(client),
-        "counters": await client.hgetall(f"{PREFIX}:counters"),
+        "counters": await client.hgetall(KEYS.counters_key),
     }
 
 

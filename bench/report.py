@@ -245,8 +245,10 @@ def targets(metrics: list[dict[str, Any]], tasks: int) -> list[dict[str, Any]]:
             _target(
                 m["name"],
                 "<= 2 KB Redis memory per pending task",
-                mem is not None and mem <= MEMORY_TARGET_BYTES,
-                f"{mem} B (used_memory delta at peak pending); keys alone {m['memory'].get('key_bytes_per_task')} B",
+                None if mem is None else mem <= MEMORY_TARGET_BYTES,
+                f"{mem} B (used_memory delta at peak pending); keys alone {m['memory'].get('key_bytes_per_task')} B"
+                if mem is not None
+                else "not measured: finished records outnumber pending tasks in a steady flow; see the burst run",
             )
         )
         out.append(_target(m["name"], "zero wrong outcomes", m["wrong_total"] == 0, f"{m['wrong_total']} wrong"))

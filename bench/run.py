@@ -43,7 +43,7 @@ from bench import procs, report
 from bench.workload import SERVICE, TaskSpec, Verdict, Workload, generate
 from config import Settings
 from worker.classify import usual_lifetime_s
-from worker.models import TaskState
+from worker.models import TERMINAL_STATES, TaskState
 from worker.store import Store
 from worker.tracker import Tracker
 
@@ -51,6 +51,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: the documented polling limit of the Tasks API, per token (DESIGN.md §1)
 DOCUMENTED_RPS = 60.0
 SAMPLE_EVERY_S = 0.5
+#: Redis memory per pending task is measured only if no more than this share had finished at the peak
+MAX_FINISHED_SHARE = 0.05
 ACETRACK_TIME_SETTINGS = (
     "first_poll_s",
     "poll_s",
@@ -65,10 +67,12 @@ SDK_POLL_INTERVAL_S: float = _WAIT["poll_interval"].default
 SDK_MAX_WAIT_S: float = _WAIT["max_wait"].default
 
 
-def acetrack_settings(scale: float) -> dict[str, float]:
-    """acetrack's defaults (read from ``config.Settings``), time settings times ``scale``, rate over it."""
+def acetrack_settings(scale: float, overrides: dict[str, float] | None = None) -> dict[str, float]:
+    """acetrack's defaults (read from ``config.Settings``) or ``overrides`` (unscaled), time settings times
+    ``scale``, rate over it."""
     fields = Settings.model_fields
-    values = {name: float(fields[name].default) * scale for name in ACETRACK_TIME_SETTINGS}
+    given = overrides or {}
+    values = {name: given.get(name, float(fields[name].default)) * scale for name in ACETRACK_TIME_SETTINGS}
     values["deadline_s"] = max(1.0, values["deadline_s"])
     values["rate_limit_rps"] = float(fields["rate_limit_rps"].default) / scale
     return values
@@ -82,7 +86,7 @@ class AcetrackSide:
         self.redis = procs.RedisServer()
         self.client = aioredis.Redis.from_url(self.redis.url, decode_responses=True)
         self.store = Store(self.client)
-        values = acetrack_settings(scale)
+        values = acetrack_settings(scale, args.acetrack_set)
         self.settings = values
         self.tracker = Tracker(self.store, deadline_s=values["deadline_s"], first_poll_s=values["first_poll_s"])
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ACETRACK_")}
@@ -101,7 +105,7 @@ class AcetrackSide:
         self.enqueued: dict[str, float] = {}
         self.mem_baseline = 0
         self.dataset_baseline = 0
-        self.samples: list[tuple[float, int, int]] = []  # (at, used_memory, pending)
+        self.samples: list[tuple[float, int, int, int]] = []  # (at, used_memory, pending, finished)
         self.learned: list[tuple[float, float]] = []  # (at, usual lifetime in unscaled s)
         self.key_bytes: dict[str, Any] = {}
         self.families: dict[str, Any] = {}
@@ -139,8 +143,9 @@ class AcetrackSide:
     async def sample(self, now: float) -> None:
         pending_key = self.store.index_key(SERVICE, TaskState.PENDING)
         used, pending = await self.used_memory(), int(await self.client.zcard(pending_key))
+        finished = sum([int(await self.client.zcard(self.store.index_key(SERVICE, s))) for s in TERMINAL_STATES])
         self.pending = pending
-        self.samples.append((now, used, pending))
+        self.samples.append((now, used, pending, finished))
         usual = usual_lifetime_s(await self.store.lifetimes_s(SERVICE))
         self.learned.append((now, usual / self.scale))
 
@@ -157,7 +162,6 @@ class AcetrackSide:
         zsets = {
             "due": self.store.due_key(SERVICE, "default"),
             "idx_pending": pending_key,
-            "idxall_pending": self.store.index_key(None, TaskState.PENDING),
         }
         per_member = {}
         for label, key in zsets.items():
@@ -198,12 +202,16 @@ class AcetrackSide:
     def memory(self) -> dict[str, Any]:
         if not self.samples:
             return {}
-        at, used, pending = max(self.samples, key=lambda s: s[2])
+        at, used, pending, finished = max(self.samples, key=lambda s: s[2])
+        delta = round((used - self.mem_baseline) / pending) if pending else None
         out: dict[str, Any] = {
             "baseline_used_memory": self.mem_baseline,
             "used_memory_at_peak_pending": used,
             "peak_pending": pending,
-            "bytes_per_pending_task": round((used - self.mem_baseline) / pending) if pending else None,
+            "finished_at_peak_pending": finished,
+            # finished records (and their events) would count against pending tasks: only a burst measures it
+            "bytes_per_pending_task": delta if finished <= MAX_FINISHED_SHARE * pending else None,
+            "delta_at_peak_pending_per_pending_task": delta,
             "dataset_baseline_bytes": self.dataset_baseline,
             **self.key_bytes,
             **self.families,
@@ -364,7 +372,7 @@ async def monitor(
                 await side.breakdown()
             keys_sampled = True
         for side in acetracks:  # per-task key bytes while most tasks are still pending (zsets never shrink)
-            peak = max((p for _, _, p in side.samples), default=0)
+            peak = max((p for _, _, p, _ in side.samples), default=0)
             if feeder.done() and len(loads) % 10 == 0 and side.pending >= peak / 2:
                 await side.sample_keys()
         acetrack_done = feeder.done() and all(side.pending == 0 for side in acetracks)
@@ -424,7 +432,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "scale": scale,
         "workload": workload.summary(),
         "settings": {
-            "acetrack_scaled": acetrack_settings(scale),
+            "acetrack_scaled": acetrack_settings(scale, args.acetrack_set),
             "sdk_poll_interval_s": SDK_POLL_INTERVAL_S,
             "sdk_max_wait_s": SDK_MAX_WAIT_S,
             "sim_rate_limit_rps_unscaled": DOCUMENTED_RPS,
@@ -601,7 +609,8 @@ def notes(args: argparse.Namespace, scale: float) -> list[str]:
         "simulator with a fresh clock), so one contender's load does not distort another's latency.",
         f"Time scale {scale}: lifetimes, arrivals, acetrack's time settings and the SDK's interval, max_wait and "
         "retry back-off are multiplied by it, rates divided by it; figures are converted back to unscaled seconds.",
-        "Not scaled (hard-coded in acetrack, not settings): the scheduler tick (TICK_S = 50 ms real), the "
+        "Not scaled (hard-coded in acetrack, not settings): the scheduler's idle sleeps (CLAIM_IDLE_S = 0.1 s, "
+        "OUTBOX_IDLE_S = 0.25 s real) and arq's poll delay (TICK_S = 50 ms real), the "
         "usual-lifetime default before 5 tasks finished (DEFAULT_USUAL_LIFETIME_S = 300 s), the 429/5xx back-off "
         "(1-60 s), the GCRA burst window (1 s real); the simulator's Retry-After (>= 1 s real, whole seconds).",
         "sdk-unlimited tracks a random sample of the tasks; its per-task figures do not depend on how many loops run.",
@@ -612,8 +621,10 @@ def notes(args: argparse.Namespace, scale: float) -> list[str]:
         "CPU: /proc/<pid>/stat utime+stime of the worker processes from the first arrival to the end, including "
         "their idle loops (the idle rate was measured for idle_s before the run); observations: task ids in the "
         "contender's successful upstream requests.",
-        "Redis memory: used_memory at the peak pending count minus used_memory before the first enqueue (includes "
-        "events and arq job keys), and MEMORY USAGE of a pending task's hash plus its share of the sorted sets.",
+        "Redis memory per pending task: used_memory at the peak pending count minus before the first enqueue "
+        "(events and arq job keys included), over that count; measured only where at most 5 % as many tasks had "
+        "finished by then (a burst), since finished records are excluded by definition. Also MEMORY USAGE of a "
+        "pending task's hash plus its share of the sorted sets (key_bytes_per_task).",
         "Capacity for acetrack is measured (peak concurrent tasks in a run that stayed inside the budget and met "
         "p95); for the SDK it is derived from its measured requests per tracked task-second.",
     ] + (["Workers ran under cProfile (--profile): their CPU figures are inflated by it."] if args.profile else [])
@@ -630,6 +641,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="acetrack-1w,acetrack-2w,sdk-unlimited|sdk",
         help="comma: run together; '|': then, in a later phase (default: the SDK's 429 storm runs alone)",
     )
+    parser.add_argument(
+        "--acetrack-set",
+        type=_setting,
+        action="append",
+        default=[],
+        help="NAME=SECONDS: an acetrack time setting instead of its default (unscaled), e.g. coalesce_s=3",
+    )
     parser.add_argument("--sdk-sample", type=int, default=200, help="tasks tracked by sdk-unlimited")
     parser.add_argument("--tail-s", type=float, default=240.0, help="unscaled seconds after the last finish to wait")
     parser.add_argument("--idle-s", type=float, default=2.0, help="real seconds of idle-CPU measurement")
@@ -640,6 +658,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-tmp", action="store_true", help="keep worker/sim logs and profiles")
     parser.add_argument("--smoke", action="store_true", help="a ~1-minute sanity run; exit 1 only if the bench breaks")
     args = parser.parse_args(argv)
+    args.acetrack_set = dict(args.acetrack_set)
     if args.smoke:
         defaults = parser.parse_args([])
         for key, value in (("tasks", 200), ("scale", 0.1), ("sdk_sample", 50), ("tail_s", 150.0)):
@@ -647,6 +666,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 setattr(args, key, value)
     args.stem = args.stem or ("smoke" if args.smoke else f"bench-{args.tasks}")
     return args
+
+
+def _setting(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    if name not in ACETRACK_TIME_SETTINGS:
+        raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ACETRACK_TIME_SETTINGS)}")
+    return name, float(value)
 
 
 def sane(result: dict[str, Any]) -> list[str]:

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     first_poll_s: float = Field(3.0, ge=0)
     poll_s: float = Field(3.0, gt=0)
     max_poll_s: float = Field(60.0, gt=0)
-    coalesce_s: float = Field(1.0, ge=0)
+    coalesce_s: float = Field(1.5, ge=0)
     deadline_s: float = Field(1800.0, ge=1, le=604800)
     not_found_grace_s: float = Field(60.0, ge=0)
     rate_limit_rps: float = Field(50.0, gt=0)

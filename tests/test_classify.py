@@ -19,10 +19,17 @@ import pytest
 from worker.classify import (
     MIN_MISSES,
     MIN_SKIP_SAMPLES,
+    STAGE_CLIP_DONE,
+    STAGE_QUEUED,
+    STAGE_RUNNING,
+    STAGE_STREAMING,
     Decision,
     Policy,
+    Sample,
+    advance_marks,
     backoff_s,
     decide,
+    first_poll_ms,
     is_preview_url,
     is_terminal,
     item_state,
@@ -30,6 +37,8 @@ from worker.classify import (
     next_poll_delay_s,
     normalise_progress,
     observe,
+    observed_stage,
+    on_grid_ms,
     usual_lifetime_s,
 )
 from worker.classify import (
@@ -52,7 +61,7 @@ Json = dict[str, Any]
 
 SEEDS = Path(__file__).parent / "seeds"
 REPO = Path(__file__).resolve().parent.parent
-NOW_MS = 1_767_119_800_000
+NOW_MS = 1_767_119_799_000  # on the 3 s poll grid
 ENQUEUED_MS = NOW_MS - 10_000
 DEADLINE_MS = NOW_MS + 1_800_000
 FINISHED_AT = 1_767_119_785.589
@@ -596,10 +605,12 @@ SCHEDULE_CASES = [
     # now_ms, deadline_at_ms, usual_s, next_poll_ms
     pytest.param(NOW_MS, DEADLINE_MS, 300.0, NOW_MS + 3000, id="young-polls-every-poll_s"),
     pytest.param(NOW_MS, NOW_MS + 1000, 300.0, NOW_MS + 1000, id="clamped-to-deadline"),
-    # age 10 s, usual 1 s: 3 poll_s overdue, cap = 3 * 1.5**3 = 10.125, rng 0.5 -> 6.5625 s
-    pytest.param(NOW_MS, DEADLINE_MS, 1.0, NOW_MS + 6562, id="overdue-grows"),
-    # age 10 s, usual 0 s: cap reaches max_poll_s = 60, rng 0.5 -> 31.5 s
+    # age 10 s, usual 1 s: 3 poll_s overdue, cap = 3 * 1.5**3 = 10.125, rng 0.5 -> 6.5625 s, back onto the grid
+    pytest.param(NOW_MS, DEADLINE_MS, 1.0, NOW_MS + 6000, id="overdue-grows"),
+    # age 10 s, usual 0 s: cap reaches max_poll_s = 60, rng 0.5 -> 31.5 s (on the 1.5 s grid)
     pytest.param(NOW_MS, DEADLINE_MS, -1000.0, NOW_MS + 31_500, id="long-overdue-capped"),
+    pytest.param(NOW_MS + 700, DEADLINE_MS, 300.0, NOW_MS + 3000, id="polled-late-keeps-the-grid"),
+    pytest.param(NOW_MS + 2300, DEADLINE_MS, 300.0, NOW_MS + 4500, id="polled-very-late-keeps-the-grid"),
 ]
 
 
@@ -607,6 +618,30 @@ SCHEDULE_CASES = [
 def test_decide_schedules_next_poll(now_ms: int, deadline: int, usual_s: float, next_poll_ms: int) -> None:
     decision = run(wire(RUNNING), now_ms=now_ms, deadline_at_ms=deadline, usual_s=usual_s)
     assert decision.next_poll_ms == next_poll_ms
+
+
+def test_a_task_with_a_clip_done_is_polled_twice_as_often_on_the_half_grid() -> None:
+    decision = run(wire(OK, RUNNING), now_ms=NOW_MS + 200, stage=STAGE_CLIP_DONE)
+    assert decision.next_poll_ms == NOW_MS + 1500
+    late = run(wire(OK, RUNNING), now_ms=NOW_MS + 900, stage=STAGE_CLIP_DONE)
+    assert late.next_poll_ms == NOW_MS + 3000  # not 0.6 s after a poll that ran late
+    overdue = run(wire(OK, RUNNING), now_ms=NOW_MS + 200, stage=STAGE_CLIP_DONE, usual_s=1.0)
+    assert overdue.next_poll_ms is not None and overdue.next_poll_ms >= NOW_MS + 3000  # past usual: growth as ever
+
+
+@pytest.mark.parametrize(
+    ("due_ms", "grid_ms", "after_ms", "expected_ms"),
+    [(10_500, 3000, 7_500, 9_000), (9_000, 3000, 7_500, 9_000), (8_900, 3000, 7_500, 9_000), (5_000, 0, 0, 5_000)],
+    ids=["moved-back", "on-the-grid", "not-before-after", "no-grid"],
+)
+def test_due_times_move_back_onto_the_grid(due_ms: int, grid_ms: int, after_ms: int, expected_ms: int) -> None:
+    assert on_grid_ms(due_ms, grid_ms, after_ms) == expected_ms
+
+
+def test_the_first_poll_falls_on_the_grid_within_first_poll_s() -> None:
+    assert first_poll_ms(NOW_MS + 2900, 3.0) == NOW_MS + 4500  # the half grid
+    assert first_poll_ms(NOW_MS, 3.0) == NOW_MS + 3000
+    assert first_poll_ms(NOW_MS + 100, 0.0) == NOW_MS + 100
 
 
 def test_observe_does_not_schedule() -> None:
@@ -787,8 +822,70 @@ def test_lifetimes_need_enough_samples_before_polls_skip_anything() -> None:
     few = classify_lifetimes([50.0] * (MIN_SKIP_SAMPLES - 1))
     assert few.earliest_s == 0.0
     many = classify_lifetimes([40.0 + i for i in range(100)])  # 40..139 s
-    assert many.earliest_s == 45.0  # the 5th percentile
+    assert many.earliest_s == 41.0  # the 1st percentile
     assert many.usual_s == pytest.approx(1.5 * 129.0)  # half as long again past the p90 (129 s)
+
+
+def test_early_failures_pull_the_earliest_age_down_but_not_the_usual_lifetime() -> None:
+    succeeded = [Sample(60.0 + i) for i in range(95)]  # 60..154 s
+    failed = [Sample(10.0 + i, ok=False) for i in range(5)]  # 10..14 s
+    learned = classify_lifetimes([*succeeded, *failed])
+    assert learned.earliest_s == 11.0  # the 1st percentile of every ending, failures included
+    assert learned.usual_s == pytest.approx(1.5 * 145.0)  # the p90 of the successes only
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected"),
+    [
+        ([], STAGE_QUEUED),
+        ([{"state": "queued"}], STAGE_QUEUED),
+        ([{"state": "running", "audio_url": "https://audiopipe.suno.ai/?item_id=x"}], STAGE_RUNNING),
+        ([{"state": "pending"}, {"state": "streaming"}], STAGE_STREAMING),
+        ([{"state": "streaming"}, {"state": "succeeded", "audio_url": "https://cdn1.suno.ai/a.mp3"}], STAGE_CLIP_DONE),
+        ([{"state": "error", "error": "x"}], STAGE_CLIP_DONE),
+    ],
+    ids=["no-items", "queued", "running", "streaming", "a-clip-done", "a-clip-failed"],
+)
+def test_the_stage_is_the_furthest_any_item_shows(stage: list[Json], expected: int) -> None:
+    task = UpstreamTask.from_wire({"id": "t1", "response": {"success": True, "task_id": "t1", "data": stage}})
+    assert observed_stage(task) == expected
+
+
+def test_a_stage_is_marked_once_between_the_poll_before_and_the_poll_that_saw_it() -> None:
+    marks = advance_marks((), STAGE_QUEUED, 0, 3_000)
+    assert marks == ((3_000, 3_000), None, None, None)
+    marks = advance_marks(marks, STAGE_QUEUED, 3_000, 12_000)  # still queued: the latest age counts
+    assert marks == ((12_000, 12_000), None, None, None)
+    marks = advance_marks(marks, STAGE_RUNNING, 15_000, 18_000)
+    assert marks == ((12_000, 12_000), (15_000, 18_000), None, None)
+    marks = advance_marks(marks, STAGE_CLIP_DONE, 18_000, 42_000)  # polls skipped: streaming seen late too
+    assert marks == ((12_000, 12_000), (15_000, 18_000), (18_000, 42_000), (18_000, 42_000))
+    assert advance_marks(marks, STAGE_RUNNING, 42_000, 45_000) == marks  # seen before: kept
+
+
+def test_a_learned_stage_ratio_moves_the_earliest_poll_of_one_task() -> None:
+    # every task ended 4x as old as it was when first seen running (seen 3 s after it started)
+    running = [(9_000 + i * 1000, 12_000 + i * 1000) for i in range(40)]
+    samples = [Sample(4.0 * (12.0 + i), marks=(None, mark)) for i, mark in enumerate(running)]
+    learned = classify_lifetimes(samples)
+    assert learned.stage_ratios[STAGE_RUNNING] == pytest.approx(4.0)
+    assert learned.stage_ratios[STAGE_STREAMING:] == (0.0, 0.0)  # no task told of those stages
+    # running since after age 20 s: ends at 4 x 20 s at the earliest (a lower bound on the start)
+    assert learned.earliest_for((None, (20_000, 23_000))) == pytest.approx(80.0)
+    assert learned.earliest_for(()) == learned.earliest_s  # nothing seen: the age rule alone
+
+
+def test_a_task_still_queued_late_is_not_polled_before_its_learned_lifetime() -> None:
+    # every task ended at least 3x as old as the last age it was seen queued at
+    samples = [Sample(3.0 * (5.0 + i) + i, marks=((5_000 + i * 1000, 5_000 + i * 1000),)) for i in range(40)]
+    learned = classify_lifetimes(samples)
+    assert learned.stage_ratios[STAGE_QUEUED] == pytest.approx(3.0)
+    assert learned.earliest_for(((10_000, 10_000),)) == pytest.approx(30.0)
+
+
+def test_a_stage_seen_on_the_first_poll_teaches_nothing() -> None:
+    samples = [Sample(50.0, marks=(None, (0, 3_000))) for _ in range(40)]
+    assert classify_lifetimes(samples).stage_ratios[STAGE_RUNNING] == 0.0
 
 
 @pytest.mark.parametrize(

@@ -149,8 +149,8 @@ async def test_post_one_object_answers_202_with_the_stored_record(h: Harness) ->
     assert record["enqueued_at_ms"] == NOW_MS and record["response"] is None
     stored = await h.store.get("suno", "t1")
     assert stored is not None and stored.to_dict() == record
-    deadline = await h.redis.hget(h.store.task_key("suno", "t1"), "deadline_at_ms")
-    assert int(deadline) == NOW_MS + 600_000
+    pending = await h.store.load_pending("suno", ["t1"])
+    assert pending["t1"].deadline_at_ms == NOW_MS + 600_000
 
 
 async def test_post_a_list_reports_duplicates_and_keeps_the_first_record(h: Harness) -> None:
@@ -182,8 +182,8 @@ async def test_post_a_list_reports_duplicates_and_keeps_the_first_record(h: Harn
 async def test_post_takes_native_json_types(h: Harness, extra: dict[str, Any], deadline_ms: int) -> None:
     [record] = await h.post_tasks(task("native", **extra))
     assert record["state"] == "pending" and record["meta"] == extra.get("meta")
-    deadline = await h.redis.hget(h.store.task_key("suno", "native"), "deadline_at_ms")
-    assert int(deadline) == NOW_MS + deadline_ms
+    pending = await h.store.load_pending("suno", ["native"])
+    assert pending["native"].deadline_at_ms == NOW_MS + deadline_ms
 
 
 @pytest.mark.parametrize(

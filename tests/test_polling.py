@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -140,3 +141,50 @@ async def test_a_task_naming_an_unconfigured_token_fails_as_rejected(
     record = await store.get("suno", "t1")
     assert record is not None and record.reason is Reason.REJECTED
     assert record.error is not None and "backup" in str(record.error["message"])
+
+
+async def test_a_poll_that_changes_nothing_moves_only_the_poll_count_and_schedule(
+    backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    url, state = await make_sim(auto=False)
+    state.add_task("suno", "slow", "succeed", run_s=60.0)  # queued for 15 s, then running
+    store = backend.store()
+    poller = make_poller(store, session, url)
+    key = store.task_key("suno", "slow")
+    await poller.poll_batch("suno", "default", await claimed(store, "suno", ["slow"]), ["slow"])
+    stored_json = await backend.redis.hget(key, "record")
+    got = await store.claim("suno", "default", system_clock() + 5000, **CLAIM)  # type: ignore[arg-type]
+    assert isinstance(got, tuple) and got[1] == ["slow"]
+    second_ms = system_clock()
+    await poller.poll_batch("suno", "default", got[0], ["slow"])
+    assert await backend.redis.hget(key, "record") == stored_json  # not rewritten
+    record = await store.get("suno", "slow")
+    assert record is not None and record.attempts == 2 and record.updated_at_ms >= second_ms
+    assert (await store.get_many([("suno", "slow")]))[0] == record
+    due = await backend.redis.zscore(store.due_key("suno", "default"), "slow")
+    assert due is not None and second_ms < due <= second_ms + 1000  # rescheduled, at most one interval on
+    assert await backend.redis.hget(key, "claim") is None  # and the claim let go
+
+
+async def test_a_finished_task_teaches_when_it_was_first_seen_running(
+    backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    url, state = await make_sim(auto=False)
+    state.add_task("suno", "quick", "succeed", run_s=0.8, clip_gap_s=0.1)  # queued until 0.2 s, done at 0.9 s
+    store = backend.store()
+    poller = make_poller(store, session, url)
+    await poller.poll_batch("suno", "default", await claimed(store, "suno", ["quick"]), ["quick"])
+    for wait_s in (0.3, 0.7):
+        await asyncio.sleep(wait_s)
+        got = await store.claim("suno", "default", system_clock() + 5000, **CLAIM)  # type: ignore[arg-type]
+        assert isinstance(got, tuple)
+        await poller.poll_batch("suno", "default", got[0], got[1])
+    record = await store.get("suno", "quick")
+    assert record is not None and record.state is TaskState.SUCCEEDED and record.attempts == 3
+    [sample] = await store.lifetime_samples("suno")
+    assert sample.ok and 0.9 <= sample.lifetime_s < 3.0
+    queued, running, streaming, clip_done = sample.marks
+    assert queued is not None and queued[0] == queued[1] < 200  # seen queued at poll 1 only
+    assert running is not None and running[0] == queued[0] and 200 <= running[1] < 1000  # running at poll 2
+    # streaming and a clip done were first seen together, at the last poll
+    assert streaming == clip_done and streaming is not None and streaming[0] == running[1]

@@ -16,7 +16,7 @@ from worker.demo import fake_pool
 from worker.errors import InvalidInput, UpstreamUnavailable
 from worker.intake import EnqueueRequest, build_request
 from worker.models import ClipState, Record, TaskState, UpstreamItem, UpstreamTask
-from worker.store import Store
+from worker.store import Store, sched_text
 
 NOW_MS = 1_767_000_000_000
 WORDS = [
@@ -151,11 +151,11 @@ async def _store_twice(done: Record, later: Record) -> Record:
     redis = aioredis.Redis(connection_pool=fake_pool(fakeredis.FakeServer(), decode_responses=True))
     store = Store(redis)
     await store.register(EnqueueRequest("suno", "t1"), NOW_MS - 10_000, deadline_s=600, first_poll_s=0)
-    assert await store.finish(done, NOW_MS, [], lifetime_ms=None)
+    assert await store.finish(done, NOW_MS, [], sample=None)
     if later.terminal:
-        assert not await store.finish(later, NOW_MS + 5000, [], lifetime_ms=None)
+        assert not await store.finish(later, NOW_MS + 5000, [], sample=None)
     else:
-        kw = {"next_due_ms": 0, "missing_since_ms": None, "events": []}
+        kw = {"next_due_ms": 0, "sched": sched_text(NOW_MS), "events": []}
         assert not await store.update(later, "any-claim", NOW_MS + 5000, **kw)  # type: ignore[arg-type]
     stored = await store.get("suno", "t1")
     await redis.aclose()

@@ -129,7 +129,7 @@ async def _seed(store: Store, control: Control) -> dict[str, str]:
             decision = observe(task, before, now)
             assert decision.terminal
             events = build_events(decision.events, before, decision.record, now, control.destinations)
-            assert await store.finish(decision.record, now, events, lifetime_ms=None)
+            assert await store.finish(decision.record, now, events, sample=None)
     pending = EnqueueRequest("suno", "seed-pending", callback_url="https://hooks.example.com/cb", meta={"n": 1})
     await store.register(pending, now, deadline_s=1800, first_poll_s=3)
     [delivery, *_] = await store.deliveries()

@@ -11,7 +11,7 @@ from worker.classify import fail
 from worker.events import build_events
 from worker.intake import EnqueueRequest
 from worker.models import EventType, Reason, Record, TaskState
-from worker.store import Store
+from worker.store import Store, sched_text
 
 NOW_MS = 1_767_000_000_000
 CLAIM = {"batch": 50, "coalesce_ms": 1000, "lease_ms": 30_000, "rate_rps": 1e6}
@@ -98,8 +98,8 @@ async def test_finish_happens_once_with_event_and_outbox(backend: Backend) -> No
     _, record = await register(store, "t1")
     failed = fail(record, Reason.DEADLINE, NOW_MS + 10, {"code": "deadline", "message": "late"})
     events = build_events([EventType.TASK_FAILED], record, failed, NOW_MS + 10, {"task.failed": ["python:x:y"]})
-    assert await store.finish(failed, NOW_MS + 10, events, lifetime_ms=None) is True
-    assert await store.finish(failed, NOW_MS + 20, events, lifetime_ms=None) is False
+    assert await store.finish(failed, NOW_MS + 10, events, sample=None) is True
+    assert await store.finish(failed, NOW_MS + 20, events, sample=None) is False
     entries = await backend.redis.xrange(store.events_key)
     assert len(entries) == 1
     fields = entries[0][1]
@@ -116,7 +116,7 @@ async def test_update_needs_the_claim(backend: Backend) -> None:
     _, record = await register(store, "t1")
     got = await store.claim("suno", "default", NOW_MS + 3000, **CLAIM)
     assert isinstance(got, tuple)
-    kw = {"next_due_ms": NOW_MS + 9000, "missing_since_ms": None, "events": []}
+    kw = {"next_due_ms": NOW_MS + 9000, "sched": sched_text(NOW_MS + 60_000, seen=True), "events": []}
     assert await store.update(record, "someone-else", NOW_MS + 3100, **kw) is False
     assert await store.update(record, got[0], NOW_MS + 3100, **kw) is True
     assert await backend.redis.zscore(store.due_key("suno", "default"), "t1") == NOW_MS + 9000
@@ -135,7 +135,7 @@ async def test_release_gives_claims_back_now(backend: Backend) -> None:
 async def test_reopen_restarts_a_finished_task(backend: Backend) -> None:
     store = backend.store()
     _, record = await register(store, "t1")
-    await store.finish(fail(record, Reason.CANCELLED, NOW_MS, None), NOW_MS, [], lifetime_ms=None)
+    await store.finish(fail(record, Reason.CANCELLED, NOW_MS, None), NOW_MS, [], sample=None)
     created, reopened = await register(store, "t1", now_ms=NOW_MS + 1, reopen=True)
     assert created is True and reopened.state is TaskState.PENDING
     assert await backend.redis.pttl(store.task_key("suno", "t1")) == -1
@@ -177,7 +177,7 @@ async def test_listing_every_state_pages_across_state_boundaries(backend: Backen
     for i in range(7):
         _, record = await register(store, f"t{i}", now_ms=NOW_MS)  # tied scores
         if i % 3 == 1:
-            await store.finish(fail(record, Reason.CANCELLED, NOW_MS + i, None), NOW_MS + i, [], lifetime_ms=None)
+            await store.finish(fail(record, Reason.CANCELLED, NOW_MS + i, None), NOW_MS + i, [], sample=None)
     seen, after, pages = [], None, 0
     while True:
         records, after = await store.list_page(None, None, 2, after)
@@ -187,3 +187,28 @@ async def test_listing_every_state_pages_across_state_boundaries(backend: Backen
             break
     assert pages == 4 and len(seen) == 7 and len(set(seen)) == 7
     assert [s for s, _ in seen] == ["pending"] * 5 + ["failed"] * 2  # pending first, then succeeded, then failed
+
+
+async def test_a_task_stored_before_sched_existed_is_still_polled(backend: Backend) -> None:
+    store = backend.store()
+    await register(store, "old")
+    key = store.task_key("suno", "old")
+    await backend.redis.hdel(key, "sched")  # the 0.x layout: the deadline in a field of its own
+    await backend.redis.hset(key, "deadline_at_ms", str(NOW_MS + 1234))
+    pending = await store.load_pending("suno", ["old"])
+    assert pending["old"].deadline_at_ms == NOW_MS + 1234 and pending["old"].record.attempts == 0
+
+
+async def test_a_claim_tops_up_with_ids_due_soon_but_not_one_polled_moments_ago(backend: Backend) -> None:
+    store = backend.store()
+    for task_id in ("due", "soon", "just-polled"):
+        await register(store, task_id)  # first poll due at NOW_MS + 3000
+    due_key = store.due_key("suno", "default")
+    await backend.redis.zadd(due_key, {"soon": NOW_MS + 3500, "just-polled": NOW_MS + 3500})
+    key = store.task_key("suno", "just-polled")
+    await backend.redis.hset(key, "sched", sched_text(NOW_MS + 60_000, attempts=1, polled_ms=NOW_MS + 2900))
+    kw = {**CLAIM, "coalesce_ms": 1000}
+    got = await store.claim("suno", "default", NOW_MS + 3000, **kw, min_repoll_ms=750)  # type: ignore[arg-type]
+    assert isinstance(got, tuple) and sorted(got[1]) == ["due", "soon"]
+    got = await store.claim("suno", "default", NOW_MS + 3500, **kw, min_repoll_ms=750)  # type: ignore[arg-type]
+    assert isinstance(got, tuple) and got[1] == ["just-polled"]  # once due, it is polled like any other

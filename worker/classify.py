@@ -6,6 +6,7 @@ returns a ``Decision``: the new record, the events to emit and when to poll next
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -42,6 +43,12 @@ GROWTH = 1.5
 #: answers in a row without the id (besides the grace period) before it is "not found"
 MIN_MISSES = 5
 
+#: what an observation shows of a task's way to the end: nothing started, running, streaming a
+#: preview, a clip done. The age a stage was first seen at predicts the lifetime (learned per service).
+STAGE_QUEUED, STAGE_RUNNING, STAGE_STREAMING, STAGE_CLIP_DONE = range(4)
+STAGES = (STAGE_QUEUED, STAGE_RUNNING, STAGE_STREAMING, STAGE_CLIP_DONE)
+STREAMING_WORDS = frozenset({"streaming"})
+
 Rng = Callable[[], float]
 
 
@@ -69,10 +76,13 @@ class Decision:
         return self.record.terminal
 
 
+# the same clip URLs come back poll after poll: parse each once
+@functools.lru_cache(maxsize=8192)
 def _is_http_url(url: str | None) -> bool:
     return url is not None and urlsplit(url).scheme in ("http", "https")
 
 
+@functools.lru_cache(maxsize=8192)
 def is_preview_url(url: str | None) -> bool:
     """True for a streaming-preview URL, which never means the clip is done."""
     return _is_http_url(url) and (urlsplit(url or "").hostname or "").lower() in PREVIEW_HOSTS
@@ -248,11 +258,13 @@ def decide(
     seen: bool = False,
     misses: int = 0,
     earliest_lifetime_s: float = 0.0,
+    stage: int = STAGE_QUEUED,
 ) -> Decision:
     """Everything one poll of one task leads to, including the deadline and not-found rules.
 
     ``seen``: the upstream has answered for this id before; then a miss never means not found.
     ``misses``: answers in a row that left the id out before this one.
+    ``stage``: how far the upstream says the task is (``observed_stage``).
     """
     if task is None:
         decision = _missing(record, now_ms, missing_since_ms, policy, seen, misses)
@@ -264,8 +276,35 @@ def decide(
     if not decision.terminal:
         age_s = (now_ms - record.enqueued_at_ms) / 1000
         delay_s = next_poll_delay_s(age_s, usual_lifetime_s, policy, rng, earliest_s=earliest_lifetime_s)
-        decision.next_poll_ms = min(now_ms + int(delay_s * 1000), deadline_at_ms)
+        if stage == STAGE_CLIP_DONE and age_s < usual_lifetime_s:
+            # part of the output is done: the rest usually follows within seconds
+            delay_s = min(delay_s, policy.poll_s / FINISHING_SPEEDUP)
+        grid_ms = int(policy.poll_s * 1000 / FINISHING_SPEEDUP)
+        # at least half a grid step on: a poll that ran late is not repeated at once
+        next_ms = on_grid_ms(now_ms + int(delay_s * 1000), grid_ms, now_ms + grid_ms // 2)
+        decision.next_poll_ms = min(next_ms, deadline_at_ms)
     return decision
+
+
+def first_poll_ms(enqueued_ms: int, first_poll_s: float) -> int:
+    """When a new task is first polled: ``first_poll_s`` on, moved back onto a grid of half that."""
+    first_ms = int(first_poll_s * 1000)
+    return on_grid_ms(enqueued_ms + first_ms, first_ms // FINISHING_SPEEDUP, enqueued_ms)
+
+
+def on_grid_ms(due_ms: int, grid_ms: int, after_ms: int) -> int:
+    """``due_ms`` moved back to a multiple of ``grid_ms`` (epoch-aligned), yet later than ``after_ms``.
+
+    Every worker snaps to the same grid, so a service's polls fall due together and fill batches
+    instead of trickling out one id at a time. Moving back, not on, keeps every interval at most
+    as long as asked. The grid is half the poll interval: tasks polled every interval keep to
+    one of two alternating phases, and tasks polled twice as often share both, so each grid point
+    carries about half the regular polls plus the fast ones.
+    """
+    if grid_ms <= 0:
+        return due_ms
+    snapped = due_ms - due_ms % grid_ms
+    return snapped if snapped > after_ms else snapped + grid_ms
 
 
 def _missing(
@@ -301,27 +340,111 @@ def next_poll_delay_s(
     return policy.poll_s + jitter * (cap_s - policy.poll_s)
 
 
+#: a task with part of its output done is polled this many times as often (until the usual lifetime)
+FINISHING_SPEEDUP = 2
+#: lowest share of finished tasks a learned "earliest" may leave behind (they are found late)
+EARLY_QUANTILE = 0.01
+#: a stage's lifetime ratio: the share of tasks that finished faster than it predicts
+STAGE_QUANTILE = 0.02
+
+
+def item_stage(item: UpstreamItem) -> int:
+    """How far one item is (``STAGE_*``)."""
+    state = item_state(item)
+    if state in (ClipState.SUCCEEDED, ClipState.FAILED):
+        return STAGE_CLIP_DONE
+    if state is ClipState.PENDING:
+        return STAGE_QUEUED
+    if item.word in STREAMING_WORDS:
+        return STAGE_STREAMING
+    return STAGE_RUNNING
+
+
+def observed_stage(task: UpstreamTask | None) -> int:
+    """The furthest stage any item of ``task`` shows (``STAGE_QUEUED`` when none, or unknown)."""
+    if task is None or not task.items:
+        return STAGE_QUEUED
+    return max(item_stage(i) for i in task.items)
+
+
+Mark = tuple[int, int]
+"""A stage's first sighting: (age of the poll before, which had not seen it; age of the poll that did), ms."""
+
+
+def advance_marks(marks: Sequence[Mark | None], stage: int, before_ms: int, now_ms: int) -> tuple[Mark | None, ...]:
+    """Note what this poll showed of the task's stage (``marks[s]`` is stage ``s``'s).
+
+    ``before_ms`` and ``now_ms`` are the task's ages at the previous poll and at this one. A stage
+    past queued is marked once, when first seen: ``(before_ms, now_ms)``, it began in between.
+    Queued is marked ``(now_ms, now_ms)`` at every poll that still shows it. Learning divides
+    lifetimes by the later age and predicting multiplies by the earlier one: both err towards
+    polling early, however far apart the polls were.
+    """
+    out = list(marks) + [None] * (len(STAGES) - len(marks))
+    if stage == STAGE_QUEUED:
+        out[STAGE_QUEUED] = (now_ms, now_ms)
+    for s in STAGES[1:]:
+        if s <= stage and out[s] is None:
+            out[s] = (before_ms, now_ms)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One finished task of a service, as the scheduler learns from it.
+
+    ``marks``: per stage, when it was first seen (see ``advance_marks``).
+    ``ok``: it succeeded (only those tell the usual lifetime; failures tell how early one can end).
+    """
+
+    lifetime_s: float
+    ok: bool = True
+    marks: tuple[Mark | None, ...] = ()
+
+
 @dataclass(frozen=True)
 class Lifetimes:
     """What recently finished tasks of one service say about when a poll may find one finished."""
 
-    #: before this age few tasks finish (the 5th percentile): polls wait for it
+    #: before this age almost no task ends (the 1st percentile): polls wait for it
     earliest_s: float = 0.0
     #: past this age, intervals grow
     usual_s: float = DEFAULT_USUAL_LIFETIME_S
+    #: per stage: lifetime / age before the stage, a low quantile (0: not learned yet)
+    stage_ratios: tuple[float, ...] = ()
+
+    def earliest_for(self, marks: Sequence[Mark | None]) -> float:
+        """The age (s) before which a task that reached the stages in ``marks`` likely runs on."""
+        earliest = self.earliest_s
+        for ratio, mark in zip(self.stage_ratios, marks, strict=False):
+            if ratio > 0 and mark is not None:
+                earliest = max(earliest, ratio * mark[0] / 1000)
+        return earliest
 
 
-def lifetimes_from(samples_s: Sequence[float]) -> Lifetimes:
-    """Learn a service's ``Lifetimes`` from its recent lifetimes (enqueue to terminal), in seconds.
+def _low(values: Sequence[float], quantile: float) -> float:
+    ordered = sorted(values)
+    return ordered[int(len(ordered) * quantile)]
 
-    The first samples come from the shortest tasks (they finish first), so both numbers start low
+
+def lifetimes_from(samples: Sequence[Sample | float]) -> Lifetimes:
+    """Learn a service's ``Lifetimes`` from recently finished tasks (plain floats: succeeded lifetimes, s).
+
+    The first samples come from the shortest tasks (they finish first), so the numbers start low
     and rise: polling starts early, and growth waits until half as long again past the p90.
+    Nothing is skipped until ``MIN_SKIP_SAMPLES`` tasks tell it, and then only ages and stages that
+    all but ``EARLY_QUANTILE`` / ``STAGE_QUANTILE`` of them outlived.
     """
-    usual_s = usual_lifetime_s(samples_s)
-    if len(samples_s) < MIN_SKIP_SAMPLES:
+    found = [s if isinstance(s, Sample) else Sample(float(s)) for s in samples]
+    usual_s = usual_lifetime_s([s.lifetime_s for s in found if s.ok])
+    if len(found) < MIN_SKIP_SAMPLES:
         return Lifetimes(0.0, usual_s)
-    ordered = sorted(samples_s)
-    return Lifetimes(ordered[len(ordered) // 20], usual_s * LATE_FACTOR)
+    ratios = []
+    for index in range(len(STAGES)):
+        seen = [s.lifetime_s * 1000 / m[1] for s in found if len(s.marks) > index and (m := s.marks[index]) and m[0]]
+        ratios.append(_low(seen, STAGE_QUANTILE) if len(seen) >= MIN_SKIP_SAMPLES else 0.0)
+    earliest_s = _low([s.lifetime_s for s in found], EARLY_QUANTILE)
+    return Lifetimes(earliest_s, usual_s * LATE_FACTOR, tuple(ratios))
 
 
 def usual_lifetime_s(samples_s: Sequence[float], default_s: float = DEFAULT_USUAL_LIFETIME_S) -> float:

@@ -52,7 +52,7 @@ class Control:
         callbacks = () if silent else self.callback_events
         events = build_events([EventType.TASK_FAILED], record, failed, now_ms, destinations, callback_events=callbacks)
         # the finish script refuses if a worker finished the task meanwhile: that outcome stands
-        if not await self.store.finish(failed, now_ms, events, lifetime_ms=None):
+        if not await self.store.finish(failed, now_ms, events, sample=None):
             return "already_finished", await self.store.get(service, task_id)
         return "cancelled", failed
 

@@ -156,6 +156,7 @@ def _build(runtime: Runtime, pool: ArqRedis, queue_name: str, deliver_queue_name
         rate_limit_rps=s.rate_limit_rps,
         deadline_s=s.deadline_s,
         first_poll_s=s.first_poll_s,
+        min_repoll_ms=int(s.poll_s * 1000 / 4),
     )
     poller = runtime.poller
     runtime.scheduler = Scheduler(
@@ -203,9 +204,12 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 async def poll_job(ctx: dict[str, Any], service: str, token: str, claim_id: str, ids: list[str]) -> int:
     """Poll one claimed batch."""
-    poller = _runtime(ctx).poller
-    assert poller is not None
-    return await poller.poll_batch(service, token, claim_id, ids)
+    runtime = _runtime(ctx)
+    assert runtime.poller is not None
+    finished = await runtime.poller.poll_batch(service, token, claim_id, ids)
+    if runtime.scheduler is not None:
+        runtime.scheduler.nudge("outbox")  # its events may have queued hook deliveries
+    return finished
 
 
 async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
@@ -288,7 +292,8 @@ def build_worker_settings(
     deliver_queue_name = f"{settings.key_prefix}:arq:deliveries"
     kwargs: dict[str, Any] = {
         "functions": [
-            func(poll_job, name=POLL_JOB, max_tries=1, timeout=max(60.0, settings.lease_s)),
+            # a poll job's id is its claim's, never handed over twice: its result need not be kept
+            func(poll_job, name=POLL_JOB, max_tries=1, timeout=max(60.0, settings.lease_s), keep_result=0),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

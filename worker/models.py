@@ -96,7 +96,7 @@ def error_of(value: Any) -> dict[str, str | None] | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class UpstreamItem:
     """One element of ``response.data``, as sent (before any state is inferred)."""
 
@@ -132,7 +132,7 @@ class UpstreamItem:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class UpstreamTask:
     """One task record from the Tasks API. There is no top-level state on the wire."""
 
@@ -173,7 +173,7 @@ class UpstreamTask:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class Clip:
     """One output item as acetrack stores it."""
 

@@ -25,8 +25,8 @@ from worker.errors import (
     UpstreamUnavailable,
 )
 from worker.events import build_events
-from worker.models import EventType, Reason, Record, UpstreamTask
-from worker.store import PendingTask, ScriptCall, Store
+from worker.models import EventType, Reason, Record, TaskState, UpstreamTask
+from worker.store import PendingTask, ScriptCall, Store, next_sched
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,53 @@ AUTH_PAUSE_S = 300.0
 #: service back-off after a 429/5xx without Retry-After: base and cap
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
+#: how long what a service's finished tasks teach is reused before it is read again
+LEARN_EVERY_S = 1.0
+
+
+#: failures that end a task on the upstream's own schedule (they teach how early a task can end)
+NATURAL_FAILURES = frozenset({Reason.UPSTREAM_ERROR})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One task's poll: the task as loaded, the decision, and its stage marks after."""
+
+    task: PendingTask
+    decision: classify.Decision
+    marks: tuple[classify.Mark | None, ...]
+
+    @property
+    def before(self) -> Record:
+        """The record before this poll."""
+        return self.task.record
+
+    @property
+    def unchanged(self) -> bool:
+        """Still pending with nothing a reader sees changed: only the poll count and schedule move."""
+        after = self.decision.record
+        return (
+            not self.decision.terminal
+            and not self.decision.events
+            and after.clips == self.before.clips
+            and after.progress == self.before.progress
+        )
+
+    def next_poll_ms(self, now_ms: int) -> int:
+        """When to poll it next (now, if the decision did not say)."""
+        return self.decision.next_poll_ms if self.decision.next_poll_ms is not None else now_ms
+
+    def sched(self, now_ms: int) -> str:
+        """The task's scheduling fields after this poll."""
+        return next_sched(self.task, self.decision.record, now_ms, self.decision.missing_since_ms, self.marks)
+
+    def sample(self, now_ms: int) -> classify.Sample | None:
+        """What a finished task teaches the schedule; None for an ending that says nothing of lifetimes."""
+        record = self.decision.record
+        if record.reason is not None and record.reason not in NATURAL_FAILURES:
+            return None
+        ok = record.state is TaskState.SUCCEEDED
+        return classify.Sample((now_ms - self.before.enqueued_at_ms) / 1000, ok, self.marks)
 
 
 @dataclass
@@ -50,6 +97,8 @@ class Poller:
     callback_events: frozenset[str] = frozenset()
     rng: classify.Rng = random.random
     paused_tokens: set[str] = field(default_factory=set)
+    #: what each service's finished tasks teach, with when it was read (ms)
+    _learned: dict[str, tuple[int, classify.Lifetimes]] = field(default_factory=dict)
 
     async def poll_batch(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> int:
         """Poll ``ids`` (claimed under ``claim_id``) with one ``retrieve_batch``; returns tasks finished."""
@@ -100,52 +149,82 @@ class Poller:
     ) -> int:
         """Decide every pending task from what the upstream said and write the outcomes back at once."""
         now_ms = self.clock()
-        lifetimes = classify.lifetimes_from(await self.store.lifetimes_s(service))
-        decisions = [
-            (
-                task.record,
-                classify.decide(
-                    found.get(task_id),
-                    task.record,
-                    now_ms,
-                    deadline_at_ms=task.deadline_at_ms,
-                    missing_since_ms=task.missing_since_ms,
-                    policy=self.policy,
-                    usual_lifetime_s=lifetimes.usual_s,
-                    earliest_lifetime_s=lifetimes.earliest_s,
-                    seen=task.seen,
-                    misses=task.misses,
-                    rng=self.rng,
-                ),
-            )
-            for task_id, task in pending.items()
-        ]
-        return await self._write(decisions, claim_id, now_ms)
+        lifetimes = await self._lifetimes(service, now_ms)
+        outcomes = [self._decide(task, found.get(task_id), now_ms, lifetimes) for task_id, task in pending.items()]
+        return await self._write(outcomes, claim_id, now_ms)
 
-    async def _write(self, decisions: Sequence[tuple[Record, classify.Decision]], claim_id: str, now_ms: int) -> int:
-        calls = [self._call(before, decision, claim_id, now_ms) for before, decision in decisions]
+    async def _lifetimes(self, service: str, now_ms: int) -> classify.Lifetimes:
+        # a batch every few ms need not re-read and re-sort 200 samples: a second old is fresh enough
+        read_ms, learned = self._learned.get(service, (0, classify.Lifetimes()))
+        if now_ms - read_ms >= LEARN_EVERY_S * 1000 or now_ms < read_ms:
+            learned = classify.lifetimes_from(await self.store.lifetime_samples(service))
+            self._learned[service] = (now_ms, learned)
+        return learned
+
+    def _decide(
+        self, task: PendingTask, upstream: UpstreamTask | None, now_ms: int, lifetimes: classify.Lifetimes
+    ) -> Outcome:
+        enqueued_ms = task.record.enqueued_at_ms
+        before_ms = (task.polled_ms or enqueued_ms) - enqueued_ms
+        stage = classify.observed_stage(upstream)
+        # an id the upstream left out of this answer shows no stage
+        marks = (
+            task.marks
+            if upstream is None
+            else classify.advance_marks(task.marks, stage, before_ms, now_ms - enqueued_ms)
+        )
+        decision = classify.decide(
+            upstream,
+            task.record,
+            now_ms,
+            deadline_at_ms=task.deadline_at_ms,
+            missing_since_ms=task.missing_since_ms,
+            policy=self.policy,
+            usual_lifetime_s=lifetimes.usual_s,
+            earliest_lifetime_s=lifetimes.earliest_for(marks),
+            seen=task.seen,
+            misses=task.misses,
+            rng=self.rng,
+            stage=stage,
+        )
+        return Outcome(task, decision, marks)
+
+    async def _write(self, outcomes: Sequence[Outcome], claim_id: str, now_ms: int) -> int:
+        changed: list[Outcome] = []
+        unchanged: list[Outcome] = []
+        for outcome in outcomes:
+            (unchanged if outcome.unchanged else changed).append(outcome)
+        calls = [self._call(outcome, claim_id, now_ms) for outcome in changed]
+        if unchanged:
+            calls.append(self._touch(unchanged, claim_id, now_ms))
         written = await self.store.run_calls(calls)
+        if outcomes:
+            metrics.OBSERVATIONS.labels(outcomes[0].before.service).inc(len(outcomes))
         finished = 0
-        for (before, decision), wrote in zip(decisions, written, strict=True):
-            metrics.OBSERVATIONS.labels(before.service).inc()
-            if decision.terminal and wrote:
-                _count_terminal(decision.record, now_ms)
+        for outcome, wrote in zip(changed, written, strict=False):
+            if outcome.decision.terminal and wrote:
+                _count_terminal(outcome.decision.record, now_ms)
                 finished += 1
         return finished
 
-    def _call(self, before: Record, decision: classify.Decision, claim_id: str, now_ms: int) -> ScriptCall:
+    def _touch(self, outcomes: Sequence[Outcome], claim_id: str, now_ms: int) -> ScriptCall:
+        record = outcomes[0].before
+        rows = [(o.before.id, o.next_poll_ms(now_ms), o.sched(now_ms)) for o in outcomes]
+        return self.store.touch_call(record.service, record.token, claim_id, rows)
+
+    def _call(self, outcome: Outcome, claim_id: str, now_ms: int) -> ScriptCall:
+        before, decision = outcome.before, outcome.decision
         events = build_events(
             decision.events, before, decision.record, now_ms, self.destinations, callback_events=self.callback_events
         )
         if decision.terminal:
-            lifetime_ms = now_ms - before.enqueued_at_ms if decision.record.reason is None else None
-            return self.store.finish_call(decision.record, now_ms, events, lifetime_ms=lifetime_ms)
+            return self.store.finish_call(decision.record, now_ms, events, sample=outcome.sample(now_ms))
         return self.store.update_call(
             decision.record,
             claim_id,
             now_ms,
-            next_due_ms=decision.next_poll_ms if decision.next_poll_ms is not None else now_ms,
-            missing_since_ms=decision.missing_since_ms,
+            next_due_ms=outcome.next_poll_ms(now_ms),
+            sched=outcome.sched(now_ms),
             events=events,
         )
 
@@ -201,14 +280,15 @@ class Poller:
         now_ms = self.clock()
         code = (error.code or str(error.status)) if isinstance(error, UpstreamRejected) else "unknown_token"
         detail: dict[str, str | None] = {"code": code, "message": str(error)}
-        decisions = [
-            (
-                task.record,
+        outcomes = [
+            Outcome(
+                task,
                 classify.Decision(classify.fail(task.record, reason, now_ms, detail), [EventType.TASK_FAILED]),
+                task.marks,
             )
             for task in pending.values()
         ]
-        finished = await self._write(decisions, "", now_ms)
+        finished = await self._write(outcomes, "", now_ms)
         logger.warning("%d task(s) failed with reason %s: %s", finished, reason.value, error)
         return finished
 

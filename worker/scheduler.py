@@ -1,8 +1,11 @@
 """The worker's long-running loops: intake drain, claims, outbox dispatch and upkeep.
 
 Engine-neutral: jobs are handed to a ``JobQueue`` (arq behind it, see ``jobs``). Each loop
-survives a bad iteration, stops on an ``asyncio.Event``, and sleeps at most ``TICK_S`` between
-looks, so a due task or a new delivery waits no coarse tick (DESIGN.md §3).
+survives a bad iteration and stops on an ``asyncio.Event``. The claim loop sleeps exactly until the
+soonest known due time (at most ``CLAIM_IDLE_S``); the outbox loop is woken by this worker's own
+polls and looks at least every ``OUTBOX_IDLE_S`` for deliveries queued elsewhere; intake blocks on
+the stream. So a due task or a new delivery waits no coarse tick (DESIGN.md §3), and an idle
+worker costs little CPU.
 """
 
 from __future__ import annotations
@@ -25,8 +28,16 @@ from worker.webhooks import screen
 
 logger = logging.getLogger(__name__)
 
-#: longest sleep of any loop when there is nothing to do
+#: longest sleep between claims when nothing is known to fall due sooner: a task registered
+#: elsewhere (the HTTP API, another worker) due at once waits at most this
 TICK_S = 0.05
+CLAIM_IDLE_S = 0.1
+#: longest sleep of the outbox loop; this worker's own polls wake it at once (``nudge``)
+OUTBOX_IDLE_S = 0.25
+#: intake blocks this long on an empty stream (a new entry ends the wait at once)
+INTAKE_BLOCK_MS = 500
+#: how long the list of (service, token) queues is reused before it is read again
+QUEUES_TTL_S = 1.0
 HEARTBEAT_S = 5.0
 PRUNE_EVERY_S = 60.0
 RECLAIM_EVERY_S = 10.0
@@ -53,6 +64,8 @@ class Cadence:
     rate_limit_rps: float = 50.0
     deadline_s: float = 1800.0
     first_poll_s: float = 3.0
+    #: a claim tops up its batch with ids due soon, but not with one polled less than this ago
+    min_repoll_ms: int = 0
 
 
 @dataclass
@@ -82,6 +95,9 @@ class Scheduler:
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("claims", "accepted", "rejected"), 0))
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _next_prune_ms: int = 0
+    _wakers: dict[str, asyncio.Event] = field(default_factory=dict)
+    _queues: list[tuple[str, str]] = field(default_factory=list)
+    _queues_read_ms: int = -(10**15)
 
     def __repr__(self) -> str:
         return f"Scheduler({self.worker_id!r}, {self.counters})"
@@ -95,6 +111,7 @@ class Scheduler:
             ("outbox", self.outbox_step),
             ("upkeep", self.upkeep_step),
         ):
+            self._wakers[name] = asyncio.Event()
             task = asyncio.create_task(self._loop(name, step), name=f"acetrack-{name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -102,7 +119,15 @@ class Scheduler:
     async def stop(self) -> None:
         """Ask every loop to stop and wait for them."""
         self.stopping.set()
+        for waker in self._wakers.values():
+            waker.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def nudge(self, name: str) -> None:
+        """Cut the current sleep of one loop (``"outbox"``, ``"claims"``) short."""
+        waker = self._wakers.get(name)
+        if waker is not None:
+            waker.set()
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
         outage_s = 0.0
@@ -120,15 +145,17 @@ class Scheduler:
             except Exception:
                 logger.exception("%s loop iteration failed; retrying", name)
                 sleep_s = 1.0
-            if sleep_s > 0:
+            waker = self._wakers.setdefault(name, asyncio.Event())
+            if sleep_s > 0 and not waker.is_set():
                 try:
-                    await asyncio.wait_for(self.stopping.wait(), timeout=sleep_s)
+                    await asyncio.wait_for(waker.wait(), timeout=sleep_s)
                 except TimeoutError:
                     pass
+            waker.clear()
 
     async def intake_step(self) -> float:
         """Drain new intake entries (blocking briefly when there are none)."""
-        entries = await self.store.read_intake(self.worker_id, INTAKE_BATCH, block_ms=int(TICK_S * 1000) * 2)
+        entries = await self.store.read_intake(self.worker_id, INTAKE_BATCH, block_ms=INTAKE_BLOCK_MS)
         for entry_id, fields in entries:
             await self.accept(entry_id, fields)
         return 0.0
@@ -158,8 +185,8 @@ class Scheduler:
 
     async def claim_step(self) -> float:
         """Claim every due batch of every queue; sleep until the soonest is due (at most a tick)."""
-        soonest_ms = int(TICK_S * 1000)
-        for service, token in await self.store.queues():
+        soonest_ms = int(CLAIM_IDLE_S * 1000)
+        for service, token in await self._known_queues():
             while True:
                 got = await self.store.claim(
                     service,
@@ -169,6 +196,7 @@ class Scheduler:
                     coalesce_ms=self.cadence.coalesce_ms,
                     lease_ms=self.cadence.lease_ms,
                     rate_rps=self.cadence.rate_limit_rps,
+                    min_repoll_ms=self.cadence.min_repoll_ms,
                 )
                 if isinstance(got, int):
                     soonest_ms = min(soonest_ms, got) if got >= 0 else soonest_ms
@@ -178,13 +206,19 @@ class Scheduler:
                 await self.queue.poll(service, token, claim_id, ids)
         return max(soonest_ms, 1) / 1000
 
+    async def _known_queues(self) -> list[tuple[str, str]]:
+        now_ms = self.clock()
+        if now_ms - self._queues_read_ms >= QUEUES_TTL_S * 1000:
+            self._queues, self._queues_read_ms = await self.store.queues(), now_ms
+        return self._queues
+
     async def outbox_step(self) -> float:
         """Hand due deliveries to the job queue. They stay in the outbox, leased, until a try ends:
         a worker that dies mid-try loses nothing, the delivery is handed over again after the lease."""
         taken = await self.store.take_outbox(self.clock(), OUTBOX_BATCH, lease_ms=self.cadence.lease_ms)
         for delivery_id, due_ms in taken:
             await self.queue.deliver(delivery_id, due_ms)
-        return 0.0 if len(taken) == OUTBOX_BATCH else TICK_S
+        return 0.0 if len(taken) == OUTBOX_BATCH else OUTBOX_IDLE_S
 
     async def upkeep_step(self) -> float:
         """Heartbeat, prune old index entries, and take over intake entries of dead workers."""

@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.classify import Mark, Sample, first_poll_ms
 from worker.errors import StoreError
 from worker.intake import EnqueueRequest
 from worker.models import TERMINAL_STATES, OutEvent, Record, TaskState, compact
@@ -40,7 +41,7 @@ BACKOFF_MEMORY_MS = 3_600_000
 RATE_HEADROOM = 1.02
 #: errors that mean Redis is (for now) unreachable, as opposed to a bug
 REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
-SCRIPTS = ("register", "claim", "spend", "update", "finish", "release", "take_outbox")
+SCRIPTS = ("register", "claim", "spend", "load", "touch", "update", "finish", "release", "take_outbox")
 EMITTING_SCRIPTS = frozenset({"update", "finish"})
 
 
@@ -59,7 +60,11 @@ class ScriptCall:
 
 @dataclass(frozen=True)
 class PendingTask:
-    """A pending task as one poll needs it: the record plus the internal scheduling fields."""
+    """A pending task as one poll needs it: the record plus the internal scheduling fields.
+
+    The fields are stored together in the task hash's ``sched`` field (``sched_text``): one field,
+    not seven, because each field of a hash that holds a long value costs Redis ~70 bytes.
+    """
 
     record: Record
     deadline_at_ms: int
@@ -68,6 +73,96 @@ class PendingTask:
     seen: bool = False
     #: answers in a row that left this id out
     misses: int = 0
+    #: when it was last polled (None: never)
+    polled_ms: int | None = None
+    #: when each stage was first seen (``classify.advance_marks``)
+    marks: tuple[Mark | None, ...] = ()
+
+
+def sched_text(
+    deadline_at_ms: int,
+    *,
+    seen: bool = False,
+    missing_since_ms: int | None = None,
+    misses: int = 0,
+    attempts: int | None = None,
+    polled_ms: int | None = None,
+    marks: Sequence[Mark | None] = (),
+) -> str:
+    """A pending task's scheduling fields as stored: ``deadline|seen|missing|misses|attempts|polled|marks``."""
+    missing = "" if missing_since_ms is None else missing_since_ms
+    count = "" if attempts is None else attempts
+    polled = "" if polled_ms is None else polled_ms
+    return f"{deadline_at_ms}|{int(seen)}|{missing}|{misses}|{count}|{polled}|{marks_text(marks)}"
+
+
+def next_sched(
+    task: PendingTask, record: Record, now_ms: int, missing_since_ms: int | None, marks: Sequence[Mark | None]
+) -> str:
+    """The scheduling fields after a poll of ``task`` observed ``record`` (missing since ``missing_since_ms``)."""
+    answered = missing_since_ms is None
+    return sched_text(
+        task.deadline_at_ms,
+        seen=task.seen or answered,
+        missing_since_ms=missing_since_ms,
+        misses=0 if answered else task.misses + 1,
+        attempts=record.attempts,
+        polled_ms=now_ms,
+        marks=marks,
+    )
+
+
+def _pending(raw: str, sched: str) -> PendingTask:
+    deadline, seen, missing, misses, attempts, polled, marks = sched.split("|")
+    record = _with_poll_fields(raw, sched)
+    return PendingTask(
+        record,
+        int(deadline),
+        int(missing) if missing else None,
+        seen == "1",
+        int(misses or 0),
+        int(polled) if polled else None,
+        parse_marks(marks),
+    )
+
+
+def marks_text(marks: Sequence[Mark | None]) -> str:
+    """Stage marks as stored: ``lo:hi`` per stage, comma separated, empty where not reached."""
+    return ",".join(f"{m[0]}:{m[1]}" if m else "" for m in marks)
+
+
+def parse_marks(text: str | None) -> tuple[Mark | None, ...]:
+    """Inverse of ``marks_text``."""
+    out: list[Mark | None] = []
+    for part in (text or "").split(","):
+        lo, _, hi = part.partition(":")
+        out.append((int(lo), int(hi)) if hi else None)
+    return tuple(out) if text else ()
+
+
+def sample_text(sample: Sample) -> str:
+    """A finished task's lifetime sample as stored in the service's list: ``ms|ok|marks``."""
+    return f"{round(sample.lifetime_s * 1000)}|{int(sample.ok)}|{marks_text(sample.marks)}"
+
+
+def parse_sample(text: str) -> Sample:
+    """Inverse of ``sample_text``; a bare number (written by 0.x versions) is a succeeded lifetime in ms."""
+    lifetime, _, rest = text.partition("|")
+    ok, _, marks = rest.partition("|")
+    return Sample(int(lifetime) / 1000, ok != "0", parse_marks(marks))
+
+
+def _with_poll_fields(raw: str, sched: str | None) -> Record:
+    # while pending, the poll count and time live in ``sched`` so that a poll that changes nothing
+    # does not rewrite the record
+    record = Record.from_dict(json.loads(raw))
+    if sched:
+        _, _, _, _, attempts, polled_ms, _ = sched.split("|")
+        if attempts:
+            record.attempts = int(attempts)
+        if polled_ms:
+            record.updated_at_ms = int(polled_ms)
+    return record
 
 
 def _load_script(name: str) -> str:
@@ -213,8 +308,8 @@ class Store:
         ]
         args: list[Any] = [
             _record_json(record),
-            deadline_at_ms,
-            now_ms + int(first_poll_s * 1000),
+            sched_text(deadline_at_ms),
+            first_poll_ms(now_ms, first_poll_s),
             f"{req.service}:{req.token}",
             req.service,
             req.id,
@@ -230,17 +325,17 @@ class Store:
     async def get(self, service: str, task_id: str) -> Record | None:
         """The stored record, or None if acetrack does not know the task."""
         async with translate_errors(f"get of {service}/{task_id}"):
-            raw = await self.redis.hget(self.task_key(service, task_id), "record")  # type: ignore[misc]
-        return Record.from_dict(json.loads(raw)) if raw else None
+            raw, sched = await self.redis.hmget(self.task_key(service, task_id), ["record", "sched"])  # type: ignore[misc]
+        return _with_poll_fields(raw, sched) if raw else None
 
     async def get_many(self, pairs: Iterable[tuple[str, str]]) -> list[Record | None]:
         """Records for many (service, id) pairs, in order, in one round trip."""
         pairs = list(pairs)
         async with translate_errors("lookup"), self.redis.pipeline(transaction=False) as pipe:
             for service, task_id in pairs:
-                pipe.hget(self.task_key(service, task_id), "record")
-            raws = await pipe.execute()
-        return [Record.from_dict(json.loads(r)) if r else None for r in raws]
+                pipe.hmget(self.task_key(service, task_id), ["record", "sched"])
+            rows = await pipe.execute()
+        return [_with_poll_fields(raw, sched) if raw else None for raw, sched in rows]
 
     # -- intake stream ---------------------------------------------------------------------
     async def ensure_intake_group(self) -> None:
@@ -296,9 +391,22 @@ class Store:
         return sorted((service, token) for service, token in pairs)
 
     async def claim(
-        self, service: str, token: str, now_ms: int, *, batch: int, coalesce_ms: int, lease_ms: int, rate_rps: float
+        self,
+        service: str,
+        token: str,
+        now_ms: int,
+        *,
+        batch: int,
+        coalesce_ms: int,
+        lease_ms: int,
+        rate_rps: float,
+        min_repoll_ms: int = 0,
     ) -> tuple[str, list[str]] | int:
-        """Claim a batch of due ids: returns (claim id, ids), or the ms to wait (-1: nothing due)."""
+        """Claim a batch of due ids: returns (claim id, ids), or the ms to wait (-1: nothing due).
+
+        Ids due within ``coalesce_ms`` top the batch up, except those polled less than
+        ``min_repoll_ms`` ago.
+        """
         claim_id = uuid.uuid4().hex
         emission_ms = RATE_HEADROOM * 1000.0 / rate_rps
         keys = [
@@ -316,6 +424,7 @@ class Store:
             emission_ms,
             0,  # no burst: requests are spaced evenly, so no 1 s window holds more than the budget
             self.task_prefix(service),
+            min_repoll_ms,
         ]
         reply = await self._scripts["claim"](keys=keys, args=args)
         if int(reply[0]) == 0:
@@ -331,19 +440,12 @@ class Store:
     async def load_pending(self, service: str, ids: Iterable[str]) -> dict[str, PendingTask]:
         """The still-pending tasks among ``ids`` with their scheduling fields."""
         ids = list(ids)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in ids:
-                pipe.hmget(
-                    self.task_key(service, task_id),
-                    ["record", "state", "deadline_at_ms", "missing_since_ms", "seen", "misses"],
-                )
-            rows = await pipe.execute()
+        rows = await self._scripts["load"](args=[self.task_prefix(service), *ids]) if ids else []
         out: dict[str, PendingTask] = {}
-        for task_id, (raw, state, deadline, missing, seen, misses) in zip(ids, rows, strict=True):
-            if raw and state == TaskState.PENDING.value:
-                record = Record.from_dict(json.loads(raw))
-                missing_ms = int(missing) if missing else None
-                out[task_id] = PendingTask(record, int(deadline), missing_ms, bool(seen), int(misses or 0))
+        for task_id, (raw, state, sched, old_deadline) in zip(ids, rows, strict=True):
+            sched = sched or (sched_text(int(old_deadline)) if old_deadline else None)
+            if raw and sched and state == TaskState.PENDING.value:
+                out[task_id] = _pending(raw, sched)
         return out
 
     def update_call(
@@ -353,10 +455,13 @@ class Store:
         now_ms: int,
         *,
         next_due_ms: int,
-        missing_since_ms: int | None,
+        sched: str,
         events: list[OutEvent],
     ) -> ScriptCall:
-        """The script call that stores a pending observation and reschedules it (see ``update``)."""
+        """The script call that stores a pending observation and reschedules it (see ``update``).
+
+        ``sched``: the scheduling fields after this poll (``next_sched``).
+        """
         keys = [
             self.task_key(record.service, record.id),
             self.due_key(record.service, record.token),
@@ -367,7 +472,7 @@ class Store:
             claim_id,
             _record_json(record),
             next_due_ms,
-            "" if missing_since_ms is None else missing_since_ms,
+            sched,
             record.id,
             now_ms,
             self.events_maxlen,
@@ -377,9 +482,17 @@ class Store:
         ]
         return ScriptCall("update", keys, args)
 
-    def finish_call(
-        self, record: Record, now_ms: int, events: list[OutEvent], *, lifetime_ms: int | None
-    ) -> ScriptCall:
+    def touch_call(self, service: str, token: str, claim_id: str, rows: Iterable[tuple[str, int, str]]) -> ScriptCall:
+        """One script call storing many observations that changed no record (see ``touch.lua``).
+
+        ``rows``: (task id, next due ms, scheduling fields after this poll).
+        """
+        args: list[Any] = [claim_id, self.task_prefix(service)]
+        for row in rows:
+            args += row
+        return ScriptCall("touch", [self.due_key(service, token)], args)
+
+    def finish_call(self, record: Record, now_ms: int, events: list[OutEvent], *, sample: Sample | None) -> ScriptCall:
         """The script call that writes a terminal record once (see ``finish``)."""
         if record.state not in TERMINAL_STATES:
             raise ValueError(f"finish() needs a terminal record, got state {record.state.value!r}")
@@ -403,7 +516,7 @@ class Store:
             self.events_maxlen,
             self.delivery_prefix(),
             _events_json(events),
-            "" if lifetime_ms is None else lifetime_ms,
+            "" if sample is None else sample_text(sample),
             record.service,
         ]
         return ScriptCall("finish", keys, args)
@@ -412,12 +525,13 @@ class Store:
         """Store a pending observation and reschedule it; False if the claim was lost or it finished."""
         return (await self.run_calls([self.update_call(record, claim_id, now_ms, **kwargs)]))[0]
 
-    async def finish(self, record: Record, now_ms: int, events: list[OutEvent], *, lifetime_ms: int | None) -> bool:
+    async def finish(self, record: Record, now_ms: int, events: list[OutEvent], *, sample: Sample | None) -> bool:
         """Write a terminal record with its events and deliveries once; False if already finished."""
-        return (await self.run_calls([self.finish_call(record, now_ms, events, lifetime_ms=lifetime_ms)]))[0]
+        return (await self.run_calls([self.finish_call(record, now_ms, events, sample=sample)]))[0]
 
     async def run_calls(self, calls: Sequence[ScriptCall]) -> list[bool]:
-        """Run many script calls in one round trip (each call is atomic on its own); True where it wrote."""
+        """Run many script calls in one round trip (each call is atomic on its own); True where it wrote
+        (for ``touch``: where it wrote any)."""
         if len(calls) == 1:
             call = calls[0]
             return [bool(await self._scripts[call.script](keys=call.keys, args=call.args))]
@@ -461,10 +575,14 @@ class Store:
         values = await self.redis.mget([self.paused_key(t) for t in names]) if names else []
         return {t: v for t, v in zip(names, values, strict=True) if v}
 
-    async def lifetimes_s(self, service: str) -> list[float]:
-        """Recent lifetimes (enqueue to terminal) of finished tasks of ``service``, in seconds."""
+    async def lifetime_samples(self, service: str) -> list[Sample]:
+        """Recently finished tasks of ``service`` (newest first), as the scheduler learns from them."""
         raw = await self.redis.lrange(self.lifetimes_key(service), 0, LIFETIME_SAMPLES - 1)  # type: ignore[misc]
-        return [int(v) / 1000 for v in raw]
+        return [parse_sample(v) for v in raw]
+
+    async def lifetimes_s(self, service: str) -> list[float]:
+        """Recent lifetimes (enqueue to terminal) of succeeded tasks of ``service``, in seconds."""
+        return [s.lifetime_s for s in await self.lifetime_samples(service) if s.ok]
 
     # -- outbox -----------------------------------------------------------------------------
     async def take_outbox(self, now_ms: int, count: int, lease_ms: int = 30_000) -> list[tuple[str, int]]:
@@ -578,11 +696,17 @@ class Store:
 
     async def count_by_state(self, service: str | None) -> dict[str, int]:
         """How many tasks of ``service`` (None: all) are in each state (within retention)."""
+        # pending tasks are indexed per service only (one sorted-set entry less per pending task)
+        pending_keys = [self.index_key(s, TaskState.PENDING) for s in ([service] if service else await self.services())]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for state in TaskState:
+            for key in pending_keys:
+                pipe.zcard(key)
+            for state in TERMINAL_STATES:
                 pipe.zcard(self.index_key(service, state))
-            counts = await pipe.execute()
-        return {state.value: int(n) for state, n in zip(TaskState, counts, strict=True)}
+            counts = [int(n) for n in await pipe.execute()]
+        pending = sum(counts[: len(pending_keys)])
+        terminal = dict(zip((s.value for s in TERMINAL_STATES), counts[len(pending_keys) :], strict=True))
+        return {TaskState.PENDING.value: pending, **terminal}
 
     async def services(self) -> list[str]:
         """Every service that has had a task."""
@@ -604,7 +728,7 @@ class Store:
         rows: list[tuple[TaskState, str, int]] = []
         for each in states:
             within = (after[1], after[2]) if after and after[0] == each.value else None
-            found = await self._index_rows(self.index_key(service, each), limit + 1 - len(rows), within)
+            found = await self._state_rows(service, each, limit + 1 - len(rows), within)
             rows += [(each, member, score) for member, score in found]
             if len(rows) > limit:
                 break
@@ -615,7 +739,20 @@ class Store:
         next_cursor = (last[0].value, last[2], last[1]) if last and len(rows) > limit else None
         return [r for r in records if r is not None], next_cursor
 
-    async def _index_rows(self, key: str, count: int, after: tuple[int, str] | None) -> list[tuple[str, int]]:
+    async def _state_rows(
+        self, service: str | None, state: TaskState, count: int, after: tuple[int, str] | None
+    ) -> list[tuple[str, int]]:
+        if service is not None or state is not TaskState.PENDING:
+            return await self._index_rows(self.index_key(service, state), count, after)
+        # all services' pending tasks: merge the per-service indexes by (score, "service:id")
+        merged: list[tuple[str, int]] = []
+        for each in await self.services():
+            merged += await self._index_rows(self.index_key(each, state), count, after, prefix=f"{each}:")
+        return sorted(merged, key=lambda row: (row[1], row[0]))[:count]
+
+    async def _index_rows(
+        self, key: str, count: int, after: tuple[int, str] | None, prefix: str = ""
+    ) -> list[tuple[str, int]]:
         rows: list[tuple[str, int]] = []
         start: float | str = after[0] if after else "-inf"
         offset = 0
@@ -624,7 +761,7 @@ class Store:
             if not chunk:
                 break
             offset += len(chunk)
-            rows += [(m, int(sc)) for m, sc in chunk if not after or (int(sc), m) > after]
+            rows += [(prefix + m, int(sc)) for m, sc in chunk if not after or (int(sc), prefix + m) > after]
         return rows[:count]
 
     async def backlog(self, now_ms: int) -> dict[str, int]:
@@ -638,8 +775,12 @@ class Store:
 
     async def oldest_pending_ms(self, service: str | None) -> int | None:
         """Enqueue time of the oldest pending task of ``service`` (None: of all)."""
-        first = await self.redis.zrange(self.index_key(service, TaskState.PENDING), 0, 0, withscores=True)
-        return int(first[0][1]) if first else None
+        oldest = None
+        for each in [service] if service else await self.services():
+            first = await self.redis.zrange(self.index_key(each, TaskState.PENDING), 0, 0, withscores=True)
+            if first and (oldest is None or int(first[0][1]) < oldest):
+                oldest = int(first[0][1])
+        return oldest
 
 
 def create_redis(url: str) -> aioredis.Redis:

@@ -1,11 +1,13 @@
 -- Claim a batch of due ids for one (service, token) queue, atomically across workers.
 -- Honours a token pause and a service back-off, spends one request of the token's shared
--- rate budget (GCRA), then takes ids due now plus those due within the coalesce window,
--- oldest first. A claimed id's due score becomes now + lease: if the claimer dies, the id
--- is due again after the lease; a finished poll reschedules it (only with its claim id).
+-- rate budget (GCRA), then takes ids due now, oldest first, and tops the batch up with ids
+-- due within the coalesce window, except one polled less than min_repoll_ms ago (it would be
+-- asked again moments after its last answer). A claimed id's due score becomes now + lease:
+-- if the claimer dies, the id is due again after the lease; a finished poll reschedules it
+-- (only with its claim id).
 -- KEYS: 1 due zset, 2 backoff hash, 3 paused key, 4 rate key
 -- ARGV: 1 now_ms, 2 coalesce_ms, 3 lease_ms, 4 batch size, 5 claim id, 6 emission_ms,
---       7 burst tolerance ms, 8 task key prefix ('{p}:task:{service}:')
+--       7 burst tolerance ms, 8 task key prefix ('{p}:task:{service}:'), 9 min_repoll_ms
 -- Returns {1, ids...} when claimed, else {0, wait_ms} (wait_ms -1: nothing is due at all).
 local now = tonumber(ARGV[1])
 local paused = redis.call('PTTL', KEYS[3])
@@ -21,12 +23,25 @@ local allow_at = tat - tonumber(ARGV[7])
 if now < allow_at then return {0, allow_at - now} end
 local new_tat = tat + tonumber(ARGV[6])
 redis.call('SET', KEYS[4], new_tat, 'PX', math.ceil(new_tat - now) + 1000)
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now + tonumber(ARGV[2]), 'LIMIT', 0, tonumber(ARGV[4]))
+local batch = tonumber(ARGV[4])
+local recent = now - tonumber(ARGV[9] or '0')
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now + tonumber(ARGV[2]), 'WITHSCORES', 'LIMIT', 0, batch * 2)
 local lease_until = now + tonumber(ARGV[3])
 local out = {1}
-for _, id in ipairs(ids) do
-  redis.call('ZADD', KEYS[1], lease_until, id)
-  redis.call('HSET', ARGV[8] .. id, 'claim', ARGV[5])
-  out[#out + 1] = id
+for i = 1, #found, 2 do
+  if #out > batch then break end
+  local id = found[i]
+  local take = tonumber(found[i + 1]) <= now
+  if not take then
+    -- sched is 'deadline|seen|missing|misses|attempts|polled_ms|marks' (see store.sched_text)
+    local sched = redis.call('HGET', ARGV[8] .. id, 'sched') or ''
+    local polled = tonumber(string.match(sched, '^[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|(%d+)') or '0')
+    take = polled <= recent
+  end
+  if take then
+    redis.call('ZADD', KEYS[1], lease_until, id)
+    redis.call('HSET', ARGV[8] .. id, 'claim', ARGV[5])
+    out[#out + 1] = id
+  end
 end
 return out

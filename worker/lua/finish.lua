@@ -3,17 +3,17 @@
 -- KEYS: 1 task, 2 due zset, 3 events, 4 outbox, 5 idx pending, 6 idx terminal, 7 lifetimes,
 --       8 all-services idx pending, 9 all-services idx terminal
 -- ARGV: 1 record json, 2 state, 3 id, 4 now_ms, 5 retention_ms, 6 events maxlen,
---       7 delivery prefix, 8 events payload json, 9 lifetime_ms ('' = don't learn from it),
+--       7 delivery prefix, 8 events payload json, 9 lifetime sample ('' = don't learn from it),
 --       10 service
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
 local member = ARGV[10] .. ':' .. ARGV[3]
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'state', ARGV[2])
-redis.call('HDEL', KEYS[1], 'claim', 'missing_since_ms', 'misses', 'seen')
+redis.call('HDEL', KEYS[1], 'claim', 'sched')
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[3])
 redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3])
-redis.call('ZREM', KEYS[8], member)
+redis.call('ZREM', KEYS[8], member)  -- an entry written by 0.x versions, if any
 redis.call('ZADD', KEYS[9], ARGV[4], member)
 if ARGV[9] ~= '' then
   redis.call('LPUSH', KEYS[7], ARGV[9])

@@ -4,14 +4,14 @@
 -- KEYS: 1 task, 2 due zset, 3 queues set, 4 services set, 5 intake stream,
 --       6 idx pending, 7 idx succeeded, 8 idx failed (this service),
 --       9 all-services idx pending, 10 succeeded, 11 failed
--- ARGV: 1 record json, 2 deadline_at_ms, 3 due_ms, 4 queue member, 5 service, 6 id,
+-- ARGV: 1 record json, 2 sched (scheduling fields), 3 due_ms, 4 queue member, 5 service, 6 id,
 --       7 now_ms, 8 reopen (0/1), 9 intake group, 10 intake entry id ('' for none)
 local state = redis.call('HGET', KEYS[1], 'state')
 local created = 0
 if (not state) or (ARGV[8] == '1' and state ~= 'pending') then
   local member = ARGV[5] .. ':' .. ARGV[6]
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'record', ARGV[1], 'state', 'pending', 'deadline_at_ms', ARGV[2])
+  redis.call('HSET', KEYS[1], 'record', ARGV[1], 'state', 'pending', 'sched', ARGV[2])
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
   redis.call('SADD', KEYS[3], ARGV[4])
   redis.call('SADD', KEYS[4], ARGV[5])
@@ -20,7 +20,7 @@ if (not state) or (ARGV[8] == '1' and state ~= 'pending') then
   redis.call('ZADD', KEYS[6], ARGV[7], ARGV[6])
   redis.call('ZREM', KEYS[10], member)
   redis.call('ZREM', KEYS[11], member)
-  redis.call('ZADD', KEYS[9], ARGV[7], member)
+  -- pending tasks are indexed per service only; KEYS[9] (all services, pending) is no longer written
   created = 1
 end
 if ARGV[10] ~= '' then

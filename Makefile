@@ -34,8 +34,9 @@ check: lint typecheck test
 
 # not part of `make test`: acetrack against the official SDK's wait() loop (needs redis-server)
 bench: $(BENCH_STAMP)
-	$(BIN)/python -m bench.run
-	$(BIN)/python -m bench.run --tasks 10000 --scale 1 --contenders acetrack-2w
+	$(BIN)/python -m bench.run --contenders acetrack-1w,acetrack-2w,sdk-unlimited
+	$(BIN)/python -m bench.run --arrival-s 30 --contenders acetrack-1w,acetrack-2w,sdk-unlimited --stem bench-1000-burst
+	$(BIN)/python -m bench.run --tasks 10500 --scale 1 --arrival-s 30 --contenders acetrack-2w --stem bench-10500-capacity
 
 bench-smoke: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run --smoke --out $${BENCH_OUT:-/tmp/acetrack-bench-smoke}

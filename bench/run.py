@@ -610,7 +610,7 @@ def notes(args: argparse.Namespace, scale: float) -> list[str]:
         f"Time scale {scale}: lifetimes, arrivals, acetrack's time settings and the SDK's interval, max_wait and "
         "retry back-off are multiplied by it, rates divided by it; figures are converted back to unscaled seconds.",
         "Not scaled (hard-coded in acetrack, not settings): the scheduler's idle sleeps (CLAIM_IDLE_S = 0.1 s, "
-        "OUTBOX_IDLE_S = 0.25 s real) and arq's poll delay (TICK_S = 50 ms real), the "
+        "OUTBOX_IDLE_S = 0.25 s real) and arq's poll delay (TICK_S = 0.1 s real), the "
         "usual-lifetime default before 5 tasks finished (DEFAULT_USUAL_LIFETIME_S = 300 s), the 429/5xx back-off "
         "(1-60 s), the GCRA burst window (1 s real); the simulator's Retry-After (>= 1 s real, whole seconds).",
         "sdk-unlimited tracks a random sample of the tasks; its per-task figures do not depend on how many loops run.",
@@ -635,7 +635,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--scale", type=float, default=0.5, help="time scale (1 = real time)")
-    parser.add_argument("--arrival-s", type=float, default=30.0, help="arrival window, unscaled seconds")
+    parser.add_argument(
+        "--arrival-s",
+        type=float,
+        default=470.0,
+        help="arrival window, unscaled seconds (470: about 170 of 1,000 tasks in flight; 30: a burst)",
+    )
     parser.add_argument(
         "--contenders",
         default="acetrack-1w,acetrack-2w,sdk-unlimited|sdk",
@@ -661,7 +666,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.acetrack_set = dict(args.acetrack_set)
     if args.smoke:
         defaults = parser.parse_args([])
-        for key, value in (("tasks", 200), ("scale", 0.1), ("sdk_sample", 50), ("tail_s", 150.0)):
+        for key, value in (("tasks", 200), ("scale", 0.1), ("sdk_sample", 50), ("tail_s", 150.0), ("arrival_s", 100.0)):
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, value)
     args.stem = args.stem or ("smoke" if args.smoke else f"bench-{args.tasks}")

@@ -115,19 +115,23 @@ class UpstreamItem:
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> UpstreamItem:
         """Read one item; tolerant of missing keys and string numbers."""
-        word = raw.get("state") if isinstance(raw.get("state"), str) else raw.get("status")
-        err = error_of(raw.get("error")) or error_of(raw.get("error_message"))
+        get = raw.get  # this runs for every item of every poll
+        word = get("state")
+        if not isinstance(word, str):
+            word = get("status")
+        err = error_of(get("error")) or error_of(get("error_message"))
+        file_url, url = _as_str(get("file_url")), _as_str(get("url"))
         return cls(
-            id=_as_str(raw.get("id")),
-            title=_as_str(raw.get("title")),
+            id=_as_str(get("id")),
+            title=_as_str(get("title")),
             word=word.strip().lower() if isinstance(word, str) else None,
-            audio_url=_as_str(raw.get("audio_url")),
-            video_url=_as_str(raw.get("video_url")),
-            image_url=_as_str(raw.get("image_url")),
-            other_urls=tuple(u for u in (_as_str(raw.get("file_url")), _as_str(raw.get("url"))) if u),
-            text=_as_str(raw.get("text")) or _as_str(raw.get("lyric")),
-            duration_s=_as_float(raw.get("duration")),
-            progress=raw.get("progress"),
+            audio_url=_as_str(get("audio_url")),
+            video_url=_as_str(get("video_url")),
+            image_url=_as_str(get("image_url")),
+            other_urls=tuple(u for u in (file_url, url) if u) if file_url or url else (),
+            text=_as_str(get("text")) or _as_str(get("lyric")),
+            duration_s=_as_float(get("duration")),
+            progress=get("progress"),
             error=err["message"] or err["code"] if err else None,
         )
 

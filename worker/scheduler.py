@@ -28,9 +28,10 @@ from worker.webhooks import screen
 
 logger = logging.getLogger(__name__)
 
+#: how often arq looks for queued jobs (a claimed batch or a delivery waits at most this)
+TICK_S = 0.1
 #: longest sleep between claims when nothing is known to fall due sooner: a task registered
 #: elsewhere (the HTTP API, another worker) due at once waits at most this
-TICK_S = 0.05
 CLAIM_IDLE_S = 0.1
 #: longest sleep of the outbox loop; this worker's own polls wake it at once (``nudge``)
 OUTBOX_IDLE_S = 0.25
@@ -225,7 +226,8 @@ class Scheduler:
         now_ms = self.clock()
         info = {"worker_id": self.worker_id, "at_ms": now_ms, **self.counters, **self.heartbeat_info()}
         await self.store.heartbeat(self.worker_id, info, ttl_ms=int(HEARTBEAT_S * 3000))
-        for entry_id, fields in await self.store.reclaim_intake(self.worker_id, INTAKE_BATCH):
+        reclaimed = await self.store.reclaim_intake(self.worker_id, INTAKE_BATCH, min_idle_ms=self.cadence.lease_ms)
+        for entry_id, fields in reclaimed:
             await self.accept(entry_id, fields)
         if now_ms >= self._next_prune_ms:
             self._next_prune_ms = now_ms + int(PRUNE_EVERY_S * 1000)

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 INTAKE_GROUP = "acetrack-workers"
 #: how long an intake entry may sit unacknowledged with a dead consumer before another takes it
+#: (workers pass their lease, ACETRACK_LEASE_S)
 INTAKE_RECLAIM_MS = 30_000
 #: finished poll-time samples kept per service for learning its usual lifetime
 LIFETIME_SAMPLES = 200
@@ -360,11 +361,16 @@ class Store:
             return []
         return [(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]
 
-    async def reclaim_intake(self, consumer: str, count: int) -> list[tuple[str, dict[str, str]]]:
-        """Entries a dead consumer read but never acknowledged, taken over by ``consumer``."""
+    async def reclaim_intake(
+        self, consumer: str, count: int, min_idle_ms: int = INTAKE_RECLAIM_MS
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Entries a dead consumer read but never acknowledged for ``min_idle_ms``, taken over by ``consumer``.
+
+        Taking over an entry a slow but live consumer still holds is harmless: registering is idempotent.
+        """
         try:
             reply = await self.redis.xautoclaim(
-                self.intake_key, INTAKE_GROUP, consumer, INTAKE_RECLAIM_MS, start_id="0-0", count=count
+                self.intake_key, INTAKE_GROUP, consumer, min_idle_ms, start_id="0-0", count=count
             )
         except ResponseError as e:
             if "NOGROUP" not in str(e):

@@ -610,7 +610,7 @@ def notes(args: argparse.Namespace, scale: float) -> list[str]:
         f"Time scale {scale}: lifetimes, arrivals, acetrack's time settings and the SDK's interval, max_wait and "
         "retry back-off are multiplied by it, rates divided by it; figures are converted back to unscaled seconds.",
         "Not scaled (hard-coded in acetrack, not settings): the scheduler's idle sleeps (CLAIM_IDLE_S = 0.1 s, "
-        "OUTBOX_IDLE_S = 0.25 s real) and arq's poll delay (TICK_S = 0.1 s real), the "
+        "OUTBOX_IDLE_S = 0.1 s real) and arq's poll delay (TICK_S = 0.1 s real), the "
         "usual-lifetime default before 5 tasks finished (DEFAULT_USUAL_LIFETIME_S = 300 s), the 429/5xx back-off "
         "(1-60 s), the GCRA burst window (1 s real); the simulator's Retry-After (>= 1 s real, whole seconds).",
         "sdk-unlimited tracks a random sample of the tasks; its per-task figures do not depend on how many loops run.",

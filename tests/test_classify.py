@@ -29,6 +29,7 @@ from worker.classify import (
     advance_marks,
     backoff_s,
     decide,
+    fingerprint,
     first_poll_ms,
     is_preview_url,
     is_terminal,
@@ -39,6 +40,7 @@ from worker.classify import (
     observe,
     observed_stage,
     on_grid_ms,
+    reached_stage,
     usual_lifetime_s,
 )
 from worker.classify import (
@@ -901,3 +903,44 @@ def test_polls_wait_for_the_earliest_lifetime(age_s: float, expected_s: float) -
 def test_waiting_for_the_earliest_lifetime_is_capped_by_max_poll() -> None:
     policy = Policy(poll_s=3.0, max_poll_s=10.0)
     assert next_poll_delay_s(1.0, 500.0, policy, lambda: 0.5, earliest_s=300.0) == 10.0
+
+
+# --- fingerprint: a repeated answer may skip decoding the record -----------------------------------
+
+BASE_ITEM: Json = {"id": "c1", "title": "t", "state": "streaming", "audio_url": "https://audiopipe.suno.ai/?item_id=c1"}
+
+
+def answer(item: Json | None = None, **top: Any) -> UpstreamTask:
+    raw = {"id": "t1", "response": {"success": True, "task_id": "t1", "data": [item or BASE_ITEM]}, **top}
+    task = UpstreamTask.from_wire(raw)
+    assert task is not None
+    return task
+
+
+def test_the_same_answer_has_the_same_fingerprint() -> None:
+    assert fingerprint(answer()) == fingerprint(answer(dict(BASE_ITEM)))
+    assert len(fingerprint(answer())) == 16
+
+
+@pytest.mark.parametrize(
+    ("item", "top"),
+    [
+        ({**BASE_ITEM, "state": "succeeded"}, {}),
+        ({**BASE_ITEM, "audio_url": "https://cdn1.suno.ai/c1.mp3"}, {}),
+        ({**BASE_ITEM, "progress": "50%"}, {}),
+        ({**BASE_ITEM, "title": "other"}, {}),
+        ({**BASE_ITEM, "error": "boom"}, {}),
+        ({**BASE_ITEM, "duration": 120.5}, {}),
+        ({**BASE_ITEM, "lyric": "la la"}, {}),
+        (BASE_ITEM, {"finished_at": 1_767_119_785.5}),
+    ],
+    ids=["state", "audio_url", "progress", "title", "error", "duration", "text", "finished_at"],
+)
+def test_anything_observe_reads_changes_the_fingerprint(item: Json, top: Json) -> None:
+    assert fingerprint(answer(item, **top)) != fingerprint(answer())
+
+
+def test_the_stage_reached_is_the_furthest_marked() -> None:
+    assert reached_stage(()) == STAGE_QUEUED
+    assert reached_stage(((3_000, 3_000), None, None, None)) == STAGE_QUEUED
+    assert reached_stage(((3_000, 3_000), (3_000, 6_000), (6_000, 9_000), None)) == STAGE_STREAMING

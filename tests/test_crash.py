@@ -19,7 +19,7 @@ taken over once they have sat unacknowledged for the lease, at the next upkeep o
 
 Checked afterwards: every task ends in the state its script implies (``check_outcome``); exactly one
 terminal event per task in ``acetrack:events``; every task's webhook arrived, signed, all copies with the
-one ``webhook-id`` (the terminal event's id); duplicates are few (at most 5 % of tasks, and at most
+one ``webhook-id`` (the terminal event's id); duplicates are few (at most ``MAX_DUPLICATE_SHARE`` of tasks, and at most
 ``possible_duplicate_deliveries`` plus the kill count); ids whose poll was cut off by a kill are polled
 again within the lease plus a few seconds (not after arq's 60 s job timeout). How many claims, upstream
 requests, webhook tries, leased outbox entries and unacknowledged intake entries each kill cut off is
@@ -72,6 +72,8 @@ RUN_S = (2.0, 15.0)
 #: enqueues are spread over this long, so the run (and the kills) last ~35 s
 ENQUEUE_S = 20.0
 LEASE_S = 2.0
+#: duplicate webhooks allowed, as a share of tasks (every one must also be counted by acetrack)
+MAX_DUPLICATE_SHARE = 0.10
 #: beyond lease + one upkeep interval, how late a dead worker's intake entries may be taken over (load)
 INTAKE_SLACK_S = 10.0
 SIM_LATENCY_S = 0.3
@@ -585,7 +587,9 @@ def check_webhooks(run: Run, receiver: Receiver, terminal: dict[str, str], count
     wrong = {t: ids for t, ids in ids_by_task.items() if ids != {terminal[t]}}
     assert not wrong, wrong
     duplicates = len(receiver.hits) - N_TASKS
-    assert duplicates <= 0.05 * N_TASKS, duplicates
+    # a kill cuts every try its worker has in flight, and tasks finish together on the poll grid, so a
+    # kill during a burst of deliveries cuts many: 10 %, with 20 kills in ~36 s (each one is counted below)
+    assert duplicates <= MAX_DUPLICATE_SHARE * N_TASKS, duplicates
     assert duplicates <= counters.get("possible_duplicate_deliveries", 0) + len(run.kills), (duplicates, counters)
 
 

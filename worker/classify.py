@@ -7,6 +7,7 @@ returns a ``Decision``: the new record, the events to emit and when to poll next
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -50,6 +51,24 @@ STAGES = (STAGE_QUEUED, STAGE_RUNNING, STAGE_STREAMING, STAGE_CLIP_DONE)
 STREAMING_WORDS = frozenset({"streaming"})
 
 Rng = Callable[[], float]
+#: every field of an upstream item that ``UpstreamItem.from_wire`` reads (see ``fingerprint``)
+ITEM_FIELDS = (
+    "id",
+    "title",
+    "state",
+    "status",
+    "audio_url",
+    "video_url",
+    "image_url",
+    "file_url",
+    "url",
+    "text",
+    "lyric",
+    "duration",
+    "progress",
+    "error",
+    "error_message",
+)
 
 
 @dataclass(frozen=True)
@@ -274,16 +293,58 @@ def decide(
         failed = fail(decision.record, Reason.DEADLINE, now_ms, {"code": "deadline", "message": "deadline passed"})
         return Decision(failed, [*decision.events, EventType.TASK_FAILED])
     if not decision.terminal:
-        age_s = (now_ms - record.enqueued_at_ms) / 1000
-        delay_s = next_poll_delay_s(age_s, usual_lifetime_s, policy, rng, earliest_s=earliest_lifetime_s)
-        if stage == STAGE_CLIP_DONE and age_s < usual_lifetime_s:
-            # part of the output is done: the rest usually follows within seconds
-            delay_s = min(delay_s, policy.poll_s / FINISHING_SPEEDUP)
-        grid_ms = int(policy.poll_s * 1000 / FINISHING_SPEEDUP)
-        # at least half a grid step on: a poll that ran late is not repeated at once
-        next_ms = on_grid_ms(now_ms + int(delay_s * 1000), grid_ms, now_ms + grid_ms // 2)
-        decision.next_poll_ms = min(next_ms, deadline_at_ms)
+        decision.next_poll_ms = schedule_ms(
+            now_ms,
+            record.enqueued_at_ms,
+            deadline_at_ms,
+            policy,
+            usual_s=usual_lifetime_s,
+            earliest_s=earliest_lifetime_s,
+            stage=stage,
+            rng=rng,
+        )
     return decision
+
+
+def schedule_ms(
+    now_ms: int,
+    enqueued_ms: int,
+    deadline_at_ms: int,
+    policy: Policy,
+    *,
+    usual_s: float,
+    earliest_s: float,
+    stage: int,
+    rng: Rng = random.random,
+) -> int:
+    """When to poll a still-pending task next (epoch ms): ``next_poll_delay_s``, sped up for a task
+    with a clip done, moved back onto the grid, never past the deadline."""
+    age_s = (now_ms - enqueued_ms) / 1000
+    delay_s = next_poll_delay_s(age_s, usual_s, policy, rng, earliest_s=earliest_s)
+    if stage == STAGE_CLIP_DONE and age_s < usual_s:
+        # part of the output is done: the rest usually follows within seconds
+        delay_s = min(delay_s, policy.poll_s / FINISHING_SPEEDUP)
+    grid_ms = int(policy.poll_s * 1000 / FINISHING_SPEEDUP)
+    # at least half a grid step on: a poll that ran late is not repeated at once
+    next_ms = on_grid_ms(now_ms + int(delay_s * 1000), grid_ms, now_ms + grid_ms // 2)
+    return min(next_ms, deadline_at_ms)
+
+
+def fingerprint(task: UpstreamTask) -> str:
+    """A digest of everything in an upstream answer that ``observe`` reads.
+
+    Two answers with one fingerprint make the same record, events and verdict: a poll whose answer
+    matches the last one's can only be rescheduled (64 bits: a collision is not a practical risk).
+    """
+    parts = [repr((task.finished_at, task.success, task.error))]
+    # the raw fields ``UpstreamItem.from_wire`` reads: the items need not be parsed
+    parts += [repr([e.get(k) for k in ITEM_FIELDS]) for e in task.entries]
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=8).hexdigest()
+
+
+def reached_stage(marks: Sequence[Mark | None]) -> int:
+    """The furthest stage marked (``advance_marks``): the stage of the last answer."""
+    return max((s for s, mark in enumerate(marks) if mark is not None), default=STAGE_QUEUED)
 
 
 def first_poll_ms(enqueued_ms: int, first_poll_s: float) -> int:

@@ -138,14 +138,26 @@ class UpstreamItem:
 
 @dataclass(slots=True)
 class UpstreamTask:
-    """One task record from the Tasks API. There is no top-level state on the wire."""
+    """One task record from the Tasks API. There is no top-level state on the wire.
+
+    ``entries`` are the raw items; ``items`` parses them on first use (a poll whose answer repeats
+    the last one never needs them).
+    """
 
     id: str
     finished_at: float | None
     success: bool | None
     error: dict[str, str | None] | None
-    items: tuple[UpstreamItem, ...]
+    entries: list[dict[str, Any]] = field(repr=False)
     raw: dict[str, Any] = field(repr=False)
+    _items: tuple[UpstreamItem, ...] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def items(self) -> tuple[UpstreamItem, ...]:
+        """The parsed items of ``response.data``."""
+        if self._items is None:
+            self._items = tuple(UpstreamItem.from_wire(e) for e in self.entries)
+        return self._items
 
     @classmethod
     def from_wire(cls, raw: Any) -> UpstreamTask | None:
@@ -172,7 +184,7 @@ class UpstreamTask:
             finished_at=_as_float(raw.get("finished_at")),
             success=success if isinstance(success, bool) else None,
             error=error_of(response.get("error")) or error_of(raw.get("error")),
-            items=tuple(UpstreamItem.from_wire(e) for e in entries if isinstance(e, dict)),
+            entries=[e for e in entries if isinstance(e, dict)],
             raw=raw,
         )
 

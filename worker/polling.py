@@ -50,6 +50,8 @@ class Outcome:
     task: PendingTask
     decision: classify.Decision
     marks: tuple[classify.Mark | None, ...]
+    #: ``classify.fingerprint`` of the upstream answer ('' when the id was left out)
+    answer: str = ""
 
     @property
     def before(self) -> Record:
@@ -73,7 +75,10 @@ class Outcome:
 
     def sched(self, now_ms: int) -> str:
         """The task's scheduling fields after this poll."""
-        return next_sched(self.task, self.decision.record, now_ms, self.decision.missing_since_ms, self.marks)
+        decision = self.decision
+        return next_sched(
+            self.task, decision.record.attempts, now_ms, decision.missing_since_ms, self.marks, self.answer
+        )
 
     def sample(self, now_ms: int) -> classify.Sample | None:
         """What a finished task teaches the schedule; None for an ending that says nothing of lifetimes."""
@@ -81,7 +86,16 @@ class Outcome:
         if record.reason is not None and record.reason not in NATURAL_FAILURES:
             return None
         ok = record.state is TaskState.SUCCEEDED
-        return classify.Sample((now_ms - self.before.enqueued_at_ms) / 1000, ok, self.marks)
+        return classify.Sample((now_ms - self.task.enqueued_at_ms) / 1000, ok, self.marks)
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """A poll whose answer repeated the last one: only its schedule moves (no record is decoded)."""
+
+    task_id: str
+    next_poll_ms: int
+    sched: str
 
 
 @dataclass
@@ -150,8 +164,10 @@ class Poller:
         """Decide every pending task from what the upstream said and write the outcomes back at once."""
         now_ms = self.clock()
         lifetimes = await self._lifetimes(service, now_ms)
-        outcomes = [self._decide(task, found.get(task_id), now_ms, lifetimes) for task_id, task in pending.items()]
-        return await self._write(outcomes, claim_id, now_ms)
+        outcomes = [
+            self._decide(task_id, task, found.get(task_id), now_ms, lifetimes) for task_id, task in pending.items()
+        ]
+        return await self._write(service, pending, outcomes, claim_id, now_ms)
 
     async def _lifetimes(self, service: str, now_ms: int) -> classify.Lifetimes:
         # a batch every few ms need not re-read and re-sort 200 samples: a second old is fresh enough
@@ -162,17 +178,36 @@ class Poller:
         return learned
 
     def _decide(
-        self, task: PendingTask, upstream: UpstreamTask | None, now_ms: int, lifetimes: classify.Lifetimes
-    ) -> Outcome:
-        enqueued_ms = task.record.enqueued_at_ms
+        self,
+        task_id: str,
+        task: PendingTask,
+        upstream: UpstreamTask | None,
+        now_ms: int,
+        lifetimes: classify.Lifetimes,
+    ) -> Outcome | Repeat:
+        enqueued_ms = task.enqueued_at_ms
         before_ms = (task.polled_ms or enqueued_ms) - enqueued_ms
+        age_ms = now_ms - enqueued_ms
+        answer = classify.fingerprint(upstream) if upstream is not None else ""
+        if answer and answer == task.answer and now_ms < task.deadline_at_ms:
+            # the upstream said just what it said last time: the same record, no event, no verdict
+            stage = classify.reached_stage(task.marks)
+            marks = classify.advance_marks(task.marks, stage, before_ms, age_ms)
+            next_ms = classify.schedule_ms(
+                now_ms,
+                enqueued_ms,
+                task.deadline_at_ms,
+                self.policy,
+                usual_s=lifetimes.usual_s,
+                earliest_s=lifetimes.earliest_for(marks),
+                stage=stage,
+                rng=self.rng,
+            )
+            attempts = (task.attempts or 0) + 1
+            return Repeat(task_id, next_ms, next_sched(task, attempts, now_ms, None, marks, answer))
         stage = classify.observed_stage(upstream)
         # an id the upstream left out of this answer shows no stage
-        marks = (
-            task.marks
-            if upstream is None
-            else classify.advance_marks(task.marks, stage, before_ms, now_ms - enqueued_ms)
-        )
+        marks = task.marks if upstream is None else classify.advance_marks(task.marks, stage, before_ms, age_ms)
         decision = classify.decide(
             upstream,
             task.record,
@@ -187,30 +222,38 @@ class Poller:
             rng=self.rng,
             stage=stage,
         )
-        return Outcome(task, decision, marks)
+        return Outcome(task, decision, marks, answer)
 
-    async def _write(self, outcomes: Sequence[Outcome], claim_id: str, now_ms: int) -> int:
+    async def _write(
+        self,
+        service: str,
+        pending: Mapping[str, PendingTask],
+        outcomes: Sequence[Outcome | Repeat],
+        claim_id: str,
+        now_ms: int,
+    ) -> int:
         changed: list[Outcome] = []
-        unchanged: list[Outcome] = []
+        touched: list[tuple[str, int, str]] = []
         for outcome in outcomes:
-            (unchanged if outcome.unchanged else changed).append(outcome)
+            if isinstance(outcome, Repeat):
+                touched.append((outcome.task_id, outcome.next_poll_ms, outcome.sched))
+            elif outcome.unchanged:
+                touched.append((outcome.before.id, outcome.next_poll_ms(now_ms), outcome.sched(now_ms)))
+            else:
+                changed.append(outcome)
         calls = [self._call(outcome, claim_id, now_ms) for outcome in changed]
-        if unchanged:
-            calls.append(self._touch(unchanged, claim_id, now_ms))
+        if touched:
+            # every task of one claim shares its (service, token) queue
+            token = next(iter(pending.values())).record.token
+            calls.append(self.store.touch_call(service, token, claim_id, touched))
         written = await self.store.run_calls(calls)
-        if outcomes:
-            metrics.OBSERVATIONS.labels(outcomes[0].before.service).inc(len(outcomes))
+        metrics.OBSERVATIONS.labels(service).inc(len(outcomes))
         finished = 0
         for outcome, wrote in zip(changed, written, strict=False):
             if outcome.decision.terminal and wrote:
                 _count_terminal(outcome.decision.record, now_ms)
                 finished += 1
         return finished
-
-    def _touch(self, outcomes: Sequence[Outcome], claim_id: str, now_ms: int) -> ScriptCall:
-        record = outcomes[0].before
-        rows = [(o.before.id, o.next_poll_ms(now_ms), o.sched(now_ms)) for o in outcomes]
-        return self.store.touch_call(record.service, record.token, claim_id, rows)
 
     def _call(self, outcome: Outcome, claim_id: str, now_ms: int) -> ScriptCall:
         before, decision = outcome.before, outcome.decision
@@ -288,7 +331,8 @@ class Poller:
             )
             for task in pending.values()
         ]
-        finished = await self._write(outcomes, "", now_ms)
+        service = next(iter(pending.values())).record.service
+        finished = await self._write(service, pending, outcomes, "", now_ms)
         logger.warning("%d task(s) failed with reason %s: %s", finished, reason.value, error)
         return finished
 

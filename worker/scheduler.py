@@ -34,7 +34,7 @@ TICK_S = 0.1
 #: elsewhere (the HTTP API, another worker) due at once waits at most this
 CLAIM_IDLE_S = 0.1
 #: longest sleep of the outbox loop; this worker's own polls wake it at once (``nudge``)
-OUTBOX_IDLE_S = 0.25
+OUTBOX_IDLE_S = 0.1
 #: intake blocks this long on an empty stream (a new entry ends the wait at once)
 INTAKE_BLOCK_MS = 500
 #: how long the list of (service, token) queues is reused before it is read again

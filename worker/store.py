@@ -6,6 +6,7 @@ Methods take ``now_ms`` from the caller; scripts never read Redis ``TIME``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
@@ -64,10 +65,11 @@ class PendingTask:
     """A pending task as one poll needs it: the record plus the internal scheduling fields.
 
     The fields are stored together in the task hash's ``sched`` field (``sched_text``): one field,
-    not seven, because each field of a hash that holds a long value costs Redis ~70 bytes.
+    not nine, because each field of a hash that holds a long value costs Redis ~70 bytes. The record
+    JSON is decoded only if a poll needs it (``record``).
     """
 
-    record: Record
+    raw: str
     deadline_at_ms: int
     missing_since_ms: int | None
     #: the upstream has answered for this id before (a later miss is not "not found")
@@ -78,6 +80,22 @@ class PendingTask:
     polled_ms: int | None = None
     #: when each stage was first seen (``classify.advance_marks``)
     marks: tuple[Mark | None, ...] = ()
+    #: polls made (None: as the record says)
+    attempts: int | None = None
+    #: when it was enqueued (None: as the record says, in hashes written before this field)
+    enqueued_ms: int | None = None
+    #: ``classify.fingerprint`` of the last upstream answer ('' before the first)
+    answer: str = ""
+
+    @functools.cached_property
+    def record(self) -> Record:
+        """The stored record, with the poll count and time of ``sched``."""
+        return _with_poll_fields(self.raw, self.attempts, self.polled_ms)
+
+    @property
+    def enqueued_at_ms(self) -> int:
+        """When it was enqueued."""
+        return self.enqueued_ms if self.enqueued_ms is not None else self.record.enqueued_at_ms
 
 
 def sched_text(
@@ -89,41 +107,57 @@ def sched_text(
     attempts: int | None = None,
     polled_ms: int | None = None,
     marks: Sequence[Mark | None] = (),
+    enqueued_ms: int | None = None,
+    answer: str = "",
 ) -> str:
-    """A pending task's scheduling fields as stored: ``deadline|seen|missing|misses|attempts|polled|marks``."""
+    """A pending task's scheduling fields as stored:
+    ``deadline|seen|missing|misses|attempts|polled|marks|enqueued|answer`` (see ``PendingTask``)."""
     missing = "" if missing_since_ms is None else missing_since_ms
     count = "" if attempts is None else attempts
     polled = "" if polled_ms is None else polled_ms
-    return f"{deadline_at_ms}|{int(seen)}|{missing}|{misses}|{count}|{polled}|{marks_text(marks)}"
+    enqueued = "" if enqueued_ms is None else enqueued_ms
+    marks_str = marks_text(marks)
+    return f"{deadline_at_ms}|{int(seen)}|{missing}|{misses}|{count}|{polled}|{marks_str}|{enqueued}|{answer}"
 
 
 def next_sched(
-    task: PendingTask, record: Record, now_ms: int, missing_since_ms: int | None, marks: Sequence[Mark | None]
+    task: PendingTask,
+    attempts: int,
+    now_ms: int,
+    missing_since_ms: int | None,
+    marks: Sequence[Mark | None],
+    answer: str,
 ) -> str:
-    """The scheduling fields after a poll of ``task`` observed ``record`` (missing since ``missing_since_ms``)."""
+    """The scheduling fields after a poll of ``task`` (``answer``: the fingerprint of what the upstream
+    said; the id was left out of the answer since ``missing_since_ms``, if not None)."""
     answered = missing_since_ms is None
     return sched_text(
         task.deadline_at_ms,
         seen=task.seen or answered,
         missing_since_ms=missing_since_ms,
         misses=0 if answered else task.misses + 1,
-        attempts=record.attempts,
+        attempts=attempts,
         polled_ms=now_ms,
         marks=marks,
+        enqueued_ms=task.enqueued_at_ms,
+        answer=answer,
     )
 
 
 def _pending(raw: str, sched: str) -> PendingTask:
-    deadline, seen, missing, misses, attempts, polled, marks = sched.split("|")
-    record = _with_poll_fields(raw, sched)
+    deadline, seen, missing, misses, attempts, polled, marks, *rest = sched.split("|")
+    enqueued, answer = (rest + ["", ""])[:2]  # hashes written before these fields have neither
     return PendingTask(
-        record,
+        raw,
         int(deadline),
         int(missing) if missing else None,
         seen == "1",
         int(misses or 0),
         int(polled) if polled else None,
         parse_marks(marks),
+        int(attempts) if attempts else None,
+        int(enqueued) if enqueued else None,
+        answer,
     )
 
 
@@ -153,17 +187,22 @@ def parse_sample(text: str) -> Sample:
     return Sample(int(lifetime) / 1000, ok != "0", parse_marks(marks))
 
 
-def _with_poll_fields(raw: str, sched: str | None) -> Record:
+def _with_poll_fields(raw: str, attempts: int | None, polled_ms: int | None) -> Record:
     # while pending, the poll count and time live in ``sched`` so that a poll that changes nothing
     # does not rewrite the record
     record = Record.from_dict(json.loads(raw))
-    if sched:
-        _, _, _, _, attempts, polled_ms, _ = sched.split("|")
-        if attempts:
-            record.attempts = int(attempts)
-        if polled_ms:
-            record.updated_at_ms = int(polled_ms)
+    if attempts is not None:
+        record.attempts = attempts
+    if polled_ms is not None:
+        record.updated_at_ms = polled_ms
     return record
+
+
+def _record_of(raw: str, sched: str | None) -> Record:
+    if not sched:
+        return Record.from_dict(json.loads(raw))
+    task = _pending(raw, sched)
+    return task.record
 
 
 def _load_script(name: str) -> str:
@@ -309,7 +348,7 @@ class Store:
         ]
         args: list[Any] = [
             _record_json(record),
-            sched_text(deadline_at_ms),
+            sched_text(deadline_at_ms, enqueued_ms=now_ms),
             first_poll_ms(now_ms, first_poll_s),
             f"{req.service}:{req.token}",
             req.service,
@@ -327,7 +366,7 @@ class Store:
         """The stored record, or None if acetrack does not know the task."""
         async with translate_errors(f"get of {service}/{task_id}"):
             raw, sched = await self.redis.hmget(self.task_key(service, task_id), ["record", "sched"])  # type: ignore[misc]
-        return _with_poll_fields(raw, sched) if raw else None
+        return _record_of(raw, sched) if raw else None
 
     async def get_many(self, pairs: Iterable[tuple[str, str]]) -> list[Record | None]:
         """Records for many (service, id) pairs, in order, in one round trip."""
@@ -336,7 +375,7 @@ class Store:
             for service, task_id in pairs:
                 pipe.hmget(self.task_key(service, task_id), ["record", "sched"])
             rows = await pipe.execute()
-        return [_with_poll_fields(raw, sched) if raw else None for raw, sched in rows]
+        return [_record_of(raw, sched) if raw else None for raw, sched in rows]
 
     # -- intake stream ---------------------------------------------------------------------
     async def ensure_intake_group(self) -> None:

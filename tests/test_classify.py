@@ -944,3 +944,12 @@ def test_the_stage_reached_is_the_furthest_marked() -> None:
     assert reached_stage(()) == STAGE_QUEUED
     assert reached_stage(((3_000, 3_000), None, None, None)) == STAGE_QUEUED
     assert reached_stage(((3_000, 3_000), (3_000, 6_000), (6_000, 9_000), None)) == STAGE_STREAMING
+
+
+def test_a_ratio_is_not_stretched_past_the_oldest_age_it_was_learned_at() -> None:
+    # learned: queued until 5-44 s, ended at 3x that or later
+    samples = [Sample(3.0 * (5.0 + i) + i, marks=((5_000 + i * 1000, 5_000 + i * 1000),)) for i in range(40)]
+    learned = classify_lifetimes(samples)
+    assert learned.earliest_for(((44_000, 44_000),)) == pytest.approx(132.0)
+    # still queued at 63 s: stuck in a backlog, not a task 3x as long: the age rule alone
+    assert learned.earliest_for(((63_000, 63_000),)) == learned.earliest_s

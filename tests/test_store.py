@@ -194,9 +194,20 @@ async def test_a_task_stored_before_sched_existed_is_still_polled(backend: Backe
     await register(store, "old")
     key = store.task_key("suno", "old")
     await backend.redis.hdel(key, "sched")  # the 0.x layout: the deadline in a field of its own
-    await backend.redis.hset(key, "deadline_at_ms", str(NOW_MS + 1234))
-    pending = await store.load_pending("suno", ["old"])
-    assert pending["old"].deadline_at_ms == NOW_MS + 1234 and pending["old"].record.attempts == 0
+    fields = {"deadline_at_ms": str(NOW_MS + 1234), "seen": "1", "missing_since_ms": str(NOW_MS), "misses": "2"}
+    await backend.redis.hset(key, mapping=fields)
+    old = (await store.load_pending("suno", ["old"]))["old"]
+    assert (old.deadline_at_ms, old.seen, old.missing_since_ms, old.misses) == (NOW_MS + 1234, True, NOW_MS, 2)
+    assert old.record.attempts == 0
+
+
+async def test_enqueueing_a_pending_task_again_returns_its_current_poll_count(backend: Backend) -> None:
+    store = backend.store()
+    await register(store, "t1")
+    key = store.task_key("suno", "t1")
+    await backend.redis.hset(key, "sched", sched_text(NOW_MS + 60_000, attempts=7, polled_ms=NOW_MS + 9000))
+    created, record = await register(store, "t1")
+    assert not created and (record.attempts, record.updated_at_ms) == (7, NOW_MS + 9000)
 
 
 async def test_a_claim_tops_up_with_ids_due_soon_but_not_one_polled_moments_ago(backend: Backend) -> None:

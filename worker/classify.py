@@ -358,9 +358,10 @@ def on_grid_ms(due_ms: int, grid_ms: int, after_ms: int) -> int:
 
     Every worker snaps to the same grid, so a service's polls fall due together and fill batches
     instead of trickling out one id at a time. Moving back, not on, keeps every interval at most
-    as long as asked. The grid is half the poll interval: tasks polled every interval keep to
-    one of two alternating phases, and tasks polled twice as often share both, so each grid point
-    carries about half the regular polls plus the fast ones.
+    as long as asked (``schedule_ms`` adds up to half a step for a poll that ran late). The grid
+    is half the poll interval: tasks polled every interval keep to one of two alternating phases,
+    and tasks polled twice as often share both, so each grid point carries about half the regular
+    polls plus the fast ones.
     """
     if grid_ms <= 0:
         return due_ms
@@ -473,12 +474,18 @@ class Lifetimes:
     usual_s: float = DEFAULT_USUAL_LIFETIME_S
     #: per stage: lifetime / age before the stage, a low quantile (0: not learned yet)
     stage_ratios: tuple[float, ...] = ()
+    #: per stage: the oldest age a learned task was marked at (ms); a ratio is not stretched past it
+    stage_ages_ms: tuple[int, ...] = ()
 
     def earliest_for(self, marks: Sequence[Mark | None]) -> float:
-        """The age (s) before which a task that reached the stages in ``marks`` likely runs on."""
+        """The age (s) before which a task that reached the stages in ``marks`` likely runs on.
+
+        A task marked later than any learned one (stuck in a queue, say) is outside what was
+        learned: its ratio does not apply, only the age rule.
+        """
         earliest = self.earliest_s
-        for ratio, mark in zip(self.stage_ratios, marks, strict=False):
-            if ratio > 0 and mark is not None:
+        for ratio, oldest_ms, mark in zip(self.stage_ratios, self.stage_ages_ms, marks, strict=False):
+            if ratio > 0 and mark is not None and mark[0] <= oldest_ms:
                 earliest = max(earliest, ratio * mark[0] / 1000)
         return earliest
 
@@ -500,12 +507,14 @@ def lifetimes_from(samples: Sequence[Sample | float]) -> Lifetimes:
     usual_s = usual_lifetime_s([s.lifetime_s for s in found if s.ok])
     if len(found) < MIN_SKIP_SAMPLES:
         return Lifetimes(0.0, usual_s)
-    ratios = []
+    ratios, oldest = [], []
     for index in range(len(STAGES)):
-        seen = [s.lifetime_s * 1000 / m[1] for s in found if len(s.marks) > index and (m := s.marks[index]) and m[0]]
-        ratios.append(_low(seen, STAGE_QUANTILE) if len(seen) >= MIN_SKIP_SAMPLES else 0.0)
+        marked = [(s.lifetime_s, m) for s in found if len(s.marks) > index and (m := s.marks[index]) and m[0]]
+        enough = len(marked) >= MIN_SKIP_SAMPLES
+        ratios.append(_low([life_s * 1000 / m[1] for life_s, m in marked], STAGE_QUANTILE) if enough else 0.0)
+        oldest.append(max((m[1] for _, m in marked), default=0))
     earliest_s = _low([s.lifetime_s for s in found], EARLY_QUANTILE)
-    return Lifetimes(earliest_s, usual_s * LATE_FACTOR, tuple(ratios))
+    return Lifetimes(earliest_s, usual_s * LATE_FACTOR, tuple(ratios), tuple(oldest))
 
 
 def usual_lifetime_s(samples_s: Sequence[float], default_s: float = DEFAULT_USUAL_LIFETIME_S) -> float:

@@ -209,7 +209,7 @@ class Scheduler:
 
     async def _known_queues(self) -> list[tuple[str, str]]:
         now_ms = self.clock()
-        if now_ms - self._queues_read_ms >= QUEUES_TTL_S * 1000:
+        if not 0 <= now_ms - self._queues_read_ms < QUEUES_TTL_S * 1000:  # stale, or the clock stepped back
             self._queues, self._queues_read_ms = await self.store.queues(), now_ms
         return self._queues
 

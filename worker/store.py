@@ -198,6 +198,14 @@ def _with_poll_fields(raw: str, attempts: int | None, polled_ms: int | None) -> 
     return record
 
 
+def _old_sched(deadline: str | None, seen: str | None, missing: str | None, misses: str | None) -> str | None:
+    # a pending task stored by 0.x, which kept these in fields of their own
+    if not deadline:
+        return None
+    missing_ms = int(missing) if missing else None
+    return sched_text(int(deadline), seen=bool(seen), missing_since_ms=missing_ms, misses=int(misses or 0))
+
+
 def _record_of(raw: str, sched: str | None) -> Record:
     if not sched:
         return Record.from_dict(json.loads(raw))
@@ -359,8 +367,9 @@ class Store:
             intake_entry,
         ]
         async with translate_errors(f"register of {req.service}/{req.id}"):
-            created, stored = await self._scripts["register"](keys=keys, args=args)
-        return bool(created), Record.from_dict(json.loads(stored))
+            created, stored, sched = await self._scripts["register"](keys=keys, args=args)
+        # a duplicate of a pending task: its poll count and time are in sched
+        return bool(created), _record_of(stored, sched)
 
     async def get(self, service: str, task_id: str) -> Record | None:
         """The stored record, or None if acetrack does not know the task."""
@@ -487,8 +496,8 @@ class Store:
         ids = list(ids)
         rows = await self._scripts["load"](args=[self.task_prefix(service), *ids]) if ids else []
         out: dict[str, PendingTask] = {}
-        for task_id, (raw, state, sched, old_deadline) in zip(ids, rows, strict=True):
-            sched = sched or (sched_text(int(old_deadline)) if old_deadline else None)
+        for task_id, (raw, state, sched, *old) in zip(ids, rows, strict=True):
+            sched = sched or _old_sched(*old)
             if raw and sched and state == TaskState.PENDING.value:
                 out[task_id] = _pending(raw, sched)
         return out

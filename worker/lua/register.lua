@@ -27,4 +27,4 @@ if ARGV[10] ~= '' then
   redis.call('XACK', KEYS[5], ARGV[9], ARGV[10])
   redis.call('XDEL', KEYS[5], ARGV[10])
 end
-return {created, redis.call('HGET', KEYS[1], 'record')}
+return {created, redis.call('HGET', KEYS[1], 'record'), redis.call('HGET', KEYS[1], 'sched')}

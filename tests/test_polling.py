@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -10,13 +11,13 @@ import pytest
 
 from conftest import Backend
 from worker.api import UpstreamClient
-from worker.classify import Policy
+from worker.classify import Lifetimes, Policy
 from worker.clock import system_clock
 from worker.intake import EnqueueRequest
-from worker.models import Reason, TaskState
-from worker.polling import Poller
+from worker.models import Reason, Record, TaskState, UpstreamTask
+from worker.polling import Outcome, Poller
 from worker.sim import SimState
-from worker.store import Store
+from worker.store import PendingTask, Store
 
 MakeSim = Callable[..., Awaitable[tuple[str, SimState]]]
 CLAIM = {"batch": 50, "coalesce_ms": 0, "lease_ms": 30_000, "rate_rps": 1000.0}
@@ -188,3 +189,26 @@ async def test_a_finished_task_teaches_when_it_was_first_seen_running(
     assert running is not None and running[0] == queued[0] and 200 <= running[1] < 1000  # running at poll 2
     # streaming and a clip done were first seen together, at the last poll
     assert streaming == clip_done and streaming is not None and streaming[0] == running[1]
+
+
+def test_a_stage_seen_after_a_miss_is_bounded_by_the_last_answered_poll() -> None:
+    enqueued_ms = 1_767_119_799_000
+    running = {"id": "t1", "response": {"success": True, "task_id": "t1", "data": [{"id": "c", "state": "running"}]}}
+    record = Record("suno", "t1", enqueued_at_ms=enqueued_ms)
+    # queued when answered at 10 s; left out of the answer at 13 s; running at 16 s
+    task = PendingTask(
+        json.dumps(record.to_dict()),
+        enqueued_ms + 600_000,
+        missing_since_ms=enqueued_ms + 13_000,
+        seen=True,
+        misses=1,
+        polled_ms=enqueued_ms + 13_000,
+        marks=((10_000, 10_000),),
+        attempts=2,
+        enqueued_ms=enqueued_ms,
+    )
+    poller = Poller(None, None, system_clock, Policy(), rate_limit_rps=50.0)  # type: ignore[arg-type]
+    upstream = UpstreamTask.from_wire(running)
+    outcome = poller._decide("t1", task, upstream, enqueued_ms + 16_000, Lifetimes())
+    assert isinstance(outcome, Outcome)
+    assert outcome.marks[1] == (10_000, 16_000)  # not (13_000, ...): the miss saw nothing

@@ -187,6 +187,9 @@ class Poller:
     ) -> Outcome | Repeat:
         enqueued_ms = task.enqueued_at_ms
         before_ms = (task.polled_ms or enqueued_ms) - enqueued_ms
+        if task.missing_since_ms is not None:
+            # the polls since the upstream last answered for it saw nothing: the last stage seen bounds it
+            before_ms = max((mark[1] for mark in task.marks if mark), default=0)
         age_ms = now_ms - enqueued_ms
         answer = classify.fingerprint(upstream) if upstream is not None else ""
         if answer and answer == task.answer and now_ms < task.deadline_at_ms:

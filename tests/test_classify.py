@@ -557,7 +557,13 @@ def test_unknown_id(since: int | None, state: TaskState, since_after: int | None
         assert decision.next_poll_ms is None
     else:
         assert decision.events == []
-        assert decision.next_poll_ms == NOW_MS + 3000
+        # never answered for: looked for every grace / MIN_MISSES (60 s / 5), not every poll_s
+        assert decision.next_poll_ms == NOW_MS + 12_000
+
+
+def test_an_id_answered_for_before_and_missing_now_is_polled_as_usual() -> None:
+    decision = run(None, missing_since_ms=NOW_MS - 5000, seen=True, misses=1)
+    assert decision.record.state is TaskState.PENDING and decision.next_poll_ms == NOW_MS + 3000
 
 
 @pytest.mark.parametrize(

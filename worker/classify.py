@@ -293,6 +293,9 @@ def decide(
         failed = fail(decision.record, Reason.DEADLINE, now_ms, {"code": "deadline", "message": "deadline passed"})
         return Decision(failed, [*decision.events, EventType.TASK_FAILED])
     if not decision.terminal:
+        # an id the upstream has never answered for is looked for often enough for the not-found
+        # rule (MIN_MISSES answers over the grace), and no more: it may never exist
+        unknown = task is None and not seen
         decision.next_poll_ms = schedule_ms(
             now_ms,
             record.enqueued_at_ms,
@@ -302,6 +305,7 @@ def decide(
             earliest_s=earliest_lifetime_s,
             stage=stage,
             rng=rng,
+            min_delay_s=policy.not_found_grace_s / MIN_MISSES if unknown else 0.0,
         )
     return decision
 
@@ -316,11 +320,13 @@ def schedule_ms(
     earliest_s: float,
     stage: int,
     rng: Rng = random.random,
+    min_delay_s: float = 0.0,
 ) -> int:
-    """When to poll a still-pending task next (epoch ms): ``next_poll_delay_s``, sped up for a task
-    with a clip done, moved back onto the grid, never past the deadline."""
+    """When to poll a still-pending task next (epoch ms): ``next_poll_delay_s`` (at least
+    ``min_delay_s``), sped up for a task with a clip done, moved back onto the grid, never past the
+    deadline."""
     age_s = (now_ms - enqueued_ms) / 1000
-    delay_s = next_poll_delay_s(age_s, usual_s, policy, rng, earliest_s=earliest_s)
+    delay_s = max(next_poll_delay_s(age_s, usual_s, policy, rng, earliest_s=earliest_s), min_delay_s)
     if stage == STAGE_CLIP_DONE and age_s < usual_s:
         # part of the output is done: the rest usually follows within seconds
         delay_s = min(delay_s, policy.poll_s / FINISHING_SPEEDUP)

@@ -44,6 +44,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from bench.procs import free_port
 from worker.models import TERMINAL_STATES, TaskState
 from worker.store import Store
 
@@ -57,13 +58,6 @@ ENQUEUE_TICK_S = 0.1
 #: a worker prunes index entries of retired tasks this often (worker.scheduler.PRUNE_EVERY_S): the drain
 #: phase lasts at least one such pass beyond the retention
 PRUNE_EVERY_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 20.0) -> None:

@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import pytest
 import yaml
 
 from config import Settings
-from conftest import require_real_redis
+from conftest import free_port, require_real_redis
 from worker import sim
 from worker.cli import build_parser
 
@@ -200,13 +199,6 @@ def argv_of(service: dict[str, Any]) -> list[str]:
 
 
 # --- the same, as local processes --------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Loopback:

@@ -35,7 +35,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 from test_e2e import check_outcome, wait_all_terminal
 
+from conftest import free_port, wait_port
 from worker import sim
 from worker.models import Record
 from worker.scheduler import HEARTBEAT_S
@@ -93,24 +93,6 @@ CLASSIFY_AFTER_S = 1.0
 WEBHOOK_TIMEOUT_S = 15.0
 #: slack over the lease for an orphaned id's next poll (a claim loop tick, the rate spacing, a restart)
 REPOLL_SLACK_S = 5.0  # back-to-back kills and a loaded 2-core machine stretch it (seen: 5.1 s)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 @pytest.fixture

@@ -20,20 +20,13 @@ import pytest
 import redis.asyncio as aioredis
 from test_e2e import check_outcome, wait_all_terminal
 
-from conftest import Backend, fast_settings, require_real_redis
+from conftest import Backend, fast_settings, free_port, require_real_redis
 from worker import jobs, sim
 from worker.store import Store
 from worker.tracker import Tracker
 
 MakeSim = Callable[..., Awaitable[tuple[str, sim.SimState]]]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class RedisProcess:

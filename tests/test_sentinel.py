@@ -32,7 +32,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from test_e2e import check_outcome
 
+from conftest import free_port, wait_port
 from worker import sim
 from worker.errors import StoreError
 from worker.models import Record
@@ -56,24 +56,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MASTER = "mymaster"
 N_TASKS = 100
 SCRIPTS = ("succeed", "succeed", "partial", "error", "legacy")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 class Cluster:

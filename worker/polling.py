@@ -143,7 +143,7 @@ class Poller:
             return await self._fail_all(pending, Reason.REJECTED, e)
         await self.store.clear_backoff(service, token)
         self.paused_tokens.discard(token)
-        return await self.apply(service, claim_id, pending, found)
+        return await self.apply(service, token, claim_id, pending, found)
 
     async def _retrieve(self, service: str, token: str, ids: list[str]) -> Mapping[str, UpstreamTask]:
         started_s = asyncio.get_running_loop().time()
@@ -159,7 +159,12 @@ class Poller:
             metrics.BATCH_SIZE.observe(len(ids))
 
     async def apply(
-        self, service: str, claim_id: str, pending: Mapping[str, PendingTask], found: Mapping[str, UpstreamTask]
+        self,
+        service: str,
+        token: str,
+        claim_id: str,
+        pending: Mapping[str, PendingTask],
+        found: Mapping[str, UpstreamTask],
     ) -> int:
         """Decide every pending task from what the upstream said and write the outcomes back at once."""
         now_ms = self.clock()
@@ -167,7 +172,7 @@ class Poller:
         outcomes = [
             self._decide(task_id, task, found.get(task_id), now_ms, lifetimes) for task_id, task in pending.items()
         ]
-        return await self._write(service, pending, outcomes, claim_id, now_ms)
+        return await self._write(service, token, outcomes, claim_id, now_ms)
 
     async def _lifetimes(self, service: str, now_ms: int) -> classify.Lifetimes:
         # a batch every few ms need not re-read and re-sort 200 samples: a second old is fresh enough
@@ -230,7 +235,7 @@ class Poller:
     async def _write(
         self,
         service: str,
-        pending: Mapping[str, PendingTask],
+        token: str,
         outcomes: Sequence[Outcome | Repeat],
         claim_id: str,
         now_ms: int,
@@ -246,8 +251,6 @@ class Poller:
                 changed.append(outcome)
         calls = [self._call(outcome, claim_id, now_ms) for outcome in changed]
         if touched:
-            # every task of one claim shares its (service, token) queue
-            token = next(iter(pending.values())).record.token
             calls.append(self.store.touch_call(service, token, claim_id, touched))
         written = await self.store.run_calls(calls)
         metrics.OBSERVATIONS.labels(service).inc(len(outcomes))
@@ -334,8 +337,8 @@ class Poller:
             )
             for task in pending.values()
         ]
-        service = next(iter(pending.values())).record.service
-        finished = await self._write(service, pending, outcomes, "", now_ms)
+        first = next(iter(pending.values())).record  # decoded above already
+        finished = await self._write(first.service, first.token, outcomes, "", now_ms)
         logger.warning("%d task(s) failed with reason %s: %s", finished, reason.value, error)
         return finished
 

@@ -581,6 +581,7 @@ async def _acetrack_run(
 ) -> report.ContenderRun:
     verdicts, event_counts = await side.verdicts()
     redis_cpu = await side.client.info("cpu")
+    commands = await side.client.info("commandstats")
     return report.ContenderRun(
         side.name,
         "acetrack",
@@ -599,6 +600,8 @@ async def _acetrack_run(
         extra={
             "events": event_counts,
             "redis_cpu_s": round(float(redis_cpu["used_cpu_user"]) + float(redis_cpu["used_cpu_sys"]), 2),
+            # every client's commands (the bench's enqueues and memory samples too): where round trips go
+            "redis_calls": {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in commands.items()},
         },
     )
 

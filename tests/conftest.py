@@ -24,6 +24,7 @@ from arq.connections import ArqRedis
 
 from config import Settings
 from worker import jobs, sim
+from worker.connect import create_redis
 from worker.demo import fake_pool
 from worker.store import Store
 
@@ -123,7 +124,7 @@ async def backend(request: pytest.FixtureRequest, real_redis_url: str | None) ->
         await client.aclose()
         return
     url = require_real_redis(real_redis_url, request)
-    client = aioredis.Redis.from_url(url, decode_responses=True)
+    client = create_redis(url)  # as the worker connects: commands packed by hiredis
     await client.flushall()
     yield Backend("real", client, lambda: jobs.arq_pool_over(aioredis.ConnectionPool.from_url(url)))
     await client.flushall()

@@ -556,7 +556,9 @@ def test_env_example_documents_every_setting() -> None:
 
 def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
     lock = (ROOT / "requirements.lock").read_text()
-    pinned = {m[1].lower().replace("_", "-") for m in re.finditer(r"^([A-Za-z0-9._-]+)==\S+ \\$", lock, re.M)}
+    # a pin may carry an environment marker: 'uvloop==0.23.0 ; sys_platform != "win32" ... \\'
+    pins = re.finditer(r"^([A-Za-z0-9._-]+)==\S+( ;[^\\\n]*)? \\$", lock, re.M)
+    pinned = {m[1].lower().replace("_", "-") for m in pins}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {re.split(r"[\[<>=~!; ]", dep, maxsplit=1)[0].lower().replace("_", "-") for dep in project["dependencies"]}
     assert wanted <= pinned, sorted(wanted - pinned)

@@ -62,6 +62,24 @@ async def test_503_with_retry_after_backs_off_the_service_and_fails_nothing(
     assert all(score >= before_ms + 7000 for _, score in due)
 
 
+async def test_an_answered_poll_forgets_past_failures_and_reports_its_soonest_due(
+    backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    url, state = await make_sim(auto=False)
+    store = backend.store()
+    await store.back_off("suno", "default", system_clock() - 1)  # one failure, its hold over
+    assert await store.backoff_failures("suno", "default") == 1
+    ids = [f"t{i}" for i in range(3)]
+    claim_id = await claimed(store, "suno", ids)
+    poller = make_poller(store, session, url)
+    scheduled: list[int] = []
+    poller.on_schedule = scheduled.append
+    await poller.poll_batch("suno", "default", claim_id, ids)
+    assert await store.backoff_failures("suno", "default") == 0
+    due = await backend.redis.zrange(store.due_key("suno", "default"), 0, -1, withscores=True)
+    assert len(scheduled) == 1 and scheduled[0] == min(score for _, score in due) > system_clock() - 1000
+
+
 async def test_401_pauses_the_token_and_keeps_tasks_pending(
     backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
 ) -> None:

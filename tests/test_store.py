@@ -86,7 +86,7 @@ async def test_back_off_and_pause_hold_claims(backend: Backend) -> None:
     t = NOW_MS + 3000
     await store.back_off("suno", "default", t + 2000)
     assert await store.claim("suno", "default", t, **CLAIM) == 2000
-    await store.clear_backoff("suno", "default")
+    await store.run_calls([], clear_backoff=("suno", "default"))
     await store.pause_token("default", 60_000, "401 invalid_token")
     wait = await store.claim("suno", "default", t, **CLAIM)
     assert isinstance(wait, int) and 59_000 < wait <= 60_000
@@ -151,17 +151,25 @@ async def test_pending_tasks_stay_small(backend: Backend) -> None:
     assert size is None or size <= 2048 + 512
 
 
+LEASE_MS = 30_000
+
+
 @pytest.mark.parametrize("count", [1, 3])
 async def test_outbox_lease_and_done(backend: Backend, count: int) -> None:
     store = backend.store()
     for i in range(count):
         await backend.redis.zadd(store.outbox_key, {f"dlv_{i}": NOW_MS})
-    taken = await store.take_outbox(NOW_MS, 100)
+    await backend.redis.zadd(store.outbox_key, {"later": NOW_MS + 10 * LEASE_MS})
+    taken, next_due_ms = await store.take_outbox(NOW_MS, 100, lease_ms=LEASE_MS)
     assert sorted(taken) == [(f"dlv_{i}", NOW_MS) for i in range(count)]
-    assert await store.take_outbox(NOW_MS + 1, 100) == []  # leased to the first dispatcher
+    assert next_due_ms == NOW_MS + LEASE_MS  # the leased ones fall due again first
+    # leased to the first dispatcher; "later" is not due yet
+    assert await store.take_outbox(NOW_MS + 1, 100, lease_ms=LEASE_MS) == ([], NOW_MS + LEASE_MS)
     for delivery_id, _ in taken:
         await store.outbox_done(delivery_id)
-    assert await backend.redis.zcard(store.outbox_key) == 0
+    assert await store.take_outbox(NOW_MS + 1, 100) == ([], NOW_MS + 10 * LEASE_MS)
+    await store.outbox_done("later")
+    assert await store.take_outbox(NOW_MS + 1, 100) == ([], None)
 
 
 async def test_meta_comes_back_untouched_nulls_included(backend: Backend) -> None:

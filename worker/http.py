@@ -25,12 +25,13 @@ from redis.exceptions import RedisError
 from config import Settings
 from worker import metrics
 from worker.clock import Clock, system_clock
+from worker.connect import create_redis
 from worker.control import Control, collect_stats, live_workers
 from worker.errors import ConfigError, InvalidInput, StoreError
 from worker.hooks import destinations_by_event
 from worker.intake import EnqueueRequest, build_request, check_id, check_service
 from worker.models import Record, TaskState
-from worker.store import Cursor, Store, create_redis
+from worker.store import Cursor, Store
 from worker.webhooks import screen
 
 logger = logging.getLogger(__name__)

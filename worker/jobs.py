@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,11 +30,12 @@ from worker import metrics, webhooks
 from worker.api import UpstreamClient
 from worker.classify import Policy
 from worker.clock import Clock, system_clock
+from worker.connect import create_redis
 from worker.errors import ConfigError
 from worker.hooks import WEBHOOK_PREFIX
 from worker.polling import Poller
-from worker.scheduler import MAX_OUTAGE_SLEEP_S, TICK_S, Cadence, Scheduler
-from worker.store import REDIS_DOWN, Store, create_redis
+from worker.scheduler import MAX_OUTAGE_SLEEP_S, Cadence, Scheduler
+from worker.store import REDIS_DOWN, Store
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ DELIVER_JOB = "deliver"
 #: arq keeps a finished job's id this long, so a delivery handed over twice runs once
 KEEP_RESULT_S = 60
 MAX_CONCURRENT_JOBS = 50
+#: how often arq looks for queued jobs while some of its jobs run (one may end and free a slot)
+BUSY_TICK_S = 0.1
+#: longest wait of an idle arq worker: jobs this process enqueues wake it at once, so this only
+#: bounds how long a job enqueued by another process waits when its own worker is full
+IDLE_TICK_S = 1.0
 #: one try of one delivery (a webhook try is bounded by its 15 s timeout; a Python hook by this)
 DELIVER_TIMEOUT_S = 60
 
@@ -77,16 +83,30 @@ def redis_settings(url: str) -> RedisSettings:
 class ArqJobQueue:
     """The scheduler's ``JobQueue`` over an ``ArqRedis`` pool."""
 
-    def __init__(self, pool: ArqRedis, queue_name: str, deliver_queue_name: str) -> None:
+    def __init__(
+        self,
+        pool: ArqRedis,
+        queue_name: str,
+        deliver_queue_name: str,
+        job_ready: Mapping[str, asyncio.Event] | None = None,
+    ) -> None:
         self.pool = pool
         self.queue_name = queue_name
         self.deliver_queue_name = deliver_queue_name
+        #: per queue name, the event that wakes this process's arq worker of that queue
+        self.job_ready = job_ready or {}
+
+    def _wake(self, queue_name: str) -> None:
+        event = self.job_ready.get(queue_name)
+        if event is not None:
+            event.set()
 
     async def poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> None:
         """Queue one batch poll; the claim id makes the job id unique."""
         await self.pool.enqueue_job(
             POLL_JOB, service, token, claim_id, list(ids), _job_id=f"{POLL_JOB}:{claim_id}", _queue_name=self.queue_name
         )
+        self._wake(self.queue_name)
 
     async def deliver(self, delivery_id: str, due_ms: int) -> None:
         """Queue one try of a delivery; the same try handed over twice (same due time) runs once."""
@@ -96,6 +116,7 @@ class ArqJobQueue:
             _job_id=f"{DELIVER_JOB}:{delivery_id}:{due_ms}",
             _queue_name=self.deliver_queue_name,
         )
+        self._wake(self.deliver_queue_name)
 
 
 @dataclass
@@ -122,7 +143,7 @@ def _runtime(ctx: dict[str, Any]) -> Runtime:
     return runtime
 
 
-def _build(runtime: Runtime, pool: ArqRedis, queue_name: str, deliver_queue_name: str) -> None:
+def _build(runtime: Runtime, ctx: dict[str, Any]) -> None:
     s = runtime.settings
     tokens = s.tokens()
     if not tokens:
@@ -159,9 +180,9 @@ def _build(runtime: Runtime, pool: ArqRedis, queue_name: str, deliver_queue_name
         min_repoll_ms=int(s.poll_s * 1000 / 4),
     )
     poller = runtime.poller
-    runtime.scheduler = Scheduler(
+    scheduler = runtime.scheduler = Scheduler(
         store,
-        ArqJobQueue(pool, queue_name, deliver_queue_name),
+        ArqJobQueue(ctx["redis"], ctx["queue_name"], ctx["deliver_queue_name"], ctx.get("job_ready")),
         runtime.clock,
         cadence,
         services=s.services,
@@ -169,6 +190,7 @@ def _build(runtime: Runtime, pool: ArqRedis, queue_name: str, deliver_queue_name
         allow_hosts=frozenset(s.webhook_allow_hosts),
         heartbeat_info=lambda: {"ready": not poller.paused_tokens, "paused_tokens": sorted(poller.paused_tokens)},
     )
+    poller.on_schedule = scheduler.expect
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -177,7 +199,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     runtime.users += 1
     if runtime.scheduler is not None:
         return
-    _build(runtime, ctx["redis"], ctx["queue_name"], ctx["deliver_queue_name"])
+    _build(runtime, ctx)
     assert runtime.scheduler is not None
     await runtime.scheduler.start()
     if runtime.settings.worker_metrics_port:
@@ -298,7 +320,8 @@ def build_worker_settings(
         "on_startup": startup,
         "on_shutdown": shutdown,
         "queue_name": queue_name,
-        "poll_delay": TICK_S,
+        # arq's own sleep between polls of its queue is replaced by ResilientWorker's wait for work
+        "poll_delay": 0,
         "max_jobs": MAX_CONCURRENT_JOBS,
         "keep_result": KEEP_RESULT_S,
         "job_serializer": serialize,
@@ -329,7 +352,12 @@ def _deliver_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 class ResilientWorker(arq.worker.Worker):
-    """arq's ``Worker`` whose poll loop rides out a Redis outage.
+    """arq's ``Worker`` that waits for work instead of polling, and rides out a Redis outage.
+
+    arq polls its queue every ``poll_delay``; each poll is a Redis round trip and an event-loop
+    wake-up, which was most of an idle worker's CPU. Here a job this process enqueues wakes the
+    worker at once (``job_ready``, set by ``ArqJobQueue``); otherwise it looks every
+    ``BUSY_TICK_S`` while its jobs run and every ``IDLE_TICK_S`` when none do.
 
     arq 0.28 lets the first ``ConnectionError`` in its poll iteration end ``Worker.main``, which
     would leave the process up but running no jobs. Here an outage is one warning line and a
@@ -337,6 +365,19 @@ class ResilientWorker(arq.worker.Worker):
     """
 
     outage_s = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.job_ready = asyncio.Event()
+        self.ctx.setdefault("job_ready", {})[self.queue_name] = self.job_ready
+
+    async def _wait_for_work(self) -> None:
+        if self.burst or self.job_ready.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.job_ready.wait(), BUSY_TICK_S if self.tasks else IDLE_TICK_S)
+        except TimeoutError:
+            pass
 
     async def _redis_answers(self) -> bool:
         try:
@@ -346,6 +387,8 @@ class ResilientWorker(arq.worker.Worker):
         return True
 
     async def _poll_iteration(self) -> None:
+        await self._wait_for_work()
+        self.job_ready.clear()  # before the read: a job enqueued during it wakes the next one
         try:
             await super()._poll_iteration()
         except REDIS_DOWN as e:
@@ -390,12 +433,8 @@ async def running_worker(kwargs: dict[str, Any], **overrides: Any) -> AsyncItera
             await worker.close()
 
 
-def run_worker(kwargs: dict[str, Any]) -> None:
+async def run_until_signal(kwargs: dict[str, Any]) -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM."""
-    asyncio.run(_run_until_signal(kwargs))
-
-
-async def _run_until_signal(kwargs: dict[str, Any]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

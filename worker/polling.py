@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from worker import classify, metrics
@@ -111,6 +111,8 @@ class Poller:
     callback_events: frozenset[str] = frozenset()
     rng: classify.Rng = random.random
     paused_tokens: set[str] = field(default_factory=set)
+    #: called with the soonest due time each batch's write scheduled (the claim loop's ``expect``)
+    on_schedule: Callable[[int], None] | None = None
     #: what each service's finished tasks teach, with when it was read (ms)
     _learned: dict[str, tuple[int, classify.Lifetimes]] = field(default_factory=dict)
 
@@ -141,7 +143,6 @@ class Poller:
             return await self._split(service, token, claim_id, pending, e)
         except ConfigError as e:  # a task names a token this worker does not have
             return await self._fail_all(pending, Reason.REJECTED, e)
-        await self.store.clear_backoff(service, token)
         self.paused_tokens.discard(token)
         return await self.apply(service, token, claim_id, pending, found)
 
@@ -166,13 +167,14 @@ class Poller:
         pending: Mapping[str, PendingTask],
         found: Mapping[str, UpstreamTask],
     ) -> int:
-        """Decide every pending task from what the upstream said and write the outcomes back at once."""
+        """Decide every pending task from what the upstream said and write the outcomes back at once
+        (the request went through, so the service's past failures are forgotten in that write)."""
         now_ms = self.clock()
         lifetimes = await self._lifetimes(service, now_ms)
         outcomes = [
             self._decide(task_id, task, found.get(task_id), now_ms, lifetimes) for task_id, task in pending.items()
         ]
-        return await self._write(service, token, outcomes, claim_id, now_ms)
+        return await self._write(service, token, outcomes, claim_id, now_ms, answered=True)
 
     async def _lifetimes(self, service: str, now_ms: int) -> classify.Lifetimes:
         # a batch every few ms need not re-read and re-sort 200 samples: a second old is fresh enough
@@ -239,6 +241,8 @@ class Poller:
         outcomes: Sequence[Outcome | Repeat],
         claim_id: str,
         now_ms: int,
+        *,
+        answered: bool = False,
     ) -> int:
         changed: list[Outcome] = []
         touched: list[tuple[str, int, str]] = []
@@ -252,14 +256,24 @@ class Poller:
         calls = [self._call(outcome, claim_id, now_ms) for outcome in changed]
         if touched:
             calls.append(self.store.touch_call(service, token, claim_id, touched))
-        written = await self.store.run_calls(calls)
+        written = await self.store.run_calls(calls, clear_backoff=(service, token) if answered else None)
         metrics.OBSERVATIONS.labels(service).inc(len(outcomes))
+        self._expect(touched, changed, now_ms)
         finished = 0
         for outcome, wrote in zip(changed, written, strict=False):
             if outcome.decision.terminal and wrote:
                 _count_terminal(outcome.decision.record, now_ms)
                 finished += 1
         return finished
+
+    def _expect(self, touched: Sequence[tuple[str, int, str]], changed: Sequence[Outcome], now_ms: int) -> None:
+        # tell the claim loop when the soonest of these falls due again, so it need not poll to find out
+        if self.on_schedule is None:
+            return
+        dues = [due_ms for _, due_ms, _ in touched]
+        dues += [o.next_poll_ms(now_ms) for o in changed if not o.decision.terminal]
+        if dues:
+            self.on_schedule(min(dues))
 
     def _call(self, outcome: Outcome, claim_id: str, now_ms: int) -> ScriptCall:
         before, decision = outcome.before, outcome.decision

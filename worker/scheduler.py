@@ -1,11 +1,12 @@
 """The worker's long-running loops: intake drain, claims, outbox dispatch and upkeep.
 
 Engine-neutral: jobs are handed to a ``JobQueue`` (arq behind it, see ``jobs``). Each loop
-survives a bad iteration and stops on an ``asyncio.Event``. The claim loop sleeps exactly until the
-soonest known due time (at most ``CLAIM_IDLE_S``); the outbox loop is woken by this worker's own
-polls and looks at least every ``OUTBOX_IDLE_S`` for deliveries queued elsewhere; intake blocks on
-the stream. So a due task or a new delivery waits no coarse tick (DESIGN.md §3), and an idle
-worker costs little CPU.
+survives a bad iteration and stops on an ``asyncio.Event``. The loops wait for work rather than
+poll for it, since every look is a Redis round trip and a wake-up: the claim loop sleeps exactly
+until the soonest known due time, which this worker's own polls and registrations move earlier
+(``expect``); the outbox loop sleeps until its soonest delivery and is woken by this worker's
+polls; intake blocks on the stream. ``CLAIM_IDLE_S`` and ``OUTBOX_IDLE_S`` bound only how long
+work written by another process (a producer's direct enqueue, a replay) waits to be seen.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from worker import metrics
+from worker.classify import first_poll_ms
 from worker.clock import Clock
 from worker.errors import InvalidInput
 from worker.intake import build_request
@@ -28,15 +30,16 @@ from worker.webhooks import screen
 
 logger = logging.getLogger(__name__)
 
-#: how often arq looks for queued jobs (a claimed batch or a delivery waits at most this)
-TICK_S = 0.1
 #: longest sleep between claims when nothing is known to fall due sooner: a task registered
-#: elsewhere (the HTTP API, another worker) due at once waits at most this
-CLAIM_IDLE_S = 0.1
-#: longest sleep of the outbox loop; this worker's own polls wake it at once (``nudge``)
-OUTBOX_IDLE_S = 0.1
+#: by another process (the HTTP API, ``Tracker.enqueue``) is seen at most this late. Its first
+#: poll is ``ACETRACK_FIRST_POLL_S`` away and a claim takes ids due within the coalesce window,
+#: so it is rarely late at all.
+CLAIM_IDLE_S = 1.0
+#: longest sleep of the outbox loop when nothing is known to fall due sooner; this worker's own
+#: polls wake it at once (``nudge``), so this bounds only a delivery queued by another process
+OUTBOX_IDLE_S = 1.0
 #: intake blocks this long on an empty stream (a new entry ends the wait at once)
-INTAKE_BLOCK_MS = 500
+INTAKE_BLOCK_MS = 1000
 #: how long the list of (service, token) queues is reused before it is read again
 QUEUES_TTL_S = 1.0
 HEARTBEAT_S = 5.0
@@ -99,6 +102,8 @@ class Scheduler:
     _wakers: dict[str, asyncio.Event] = field(default_factory=dict)
     _queues: list[tuple[str, str]] = field(default_factory=list)
     _queues_read_ms: int = -(10**15)
+    #: when the claim loop plans its next claim (epoch ms); ``expect`` moves it earlier
+    _claim_at_ms: int = 0
 
     def __repr__(self) -> str:
         return f"Scheduler({self.worker_id!r}, {self.counters})"
@@ -129,6 +134,13 @@ class Scheduler:
         waker = self._wakers.get(name)
         if waker is not None:
             waker.set()
+
+    def expect(self, due_ms: int) -> None:
+        """A task was scheduled for ``due_ms`` outside the claim loop (this worker's poll or
+        registration): make sure the claim loop is awake by then."""
+        if due_ms < self._claim_at_ms:
+            self._claim_at_ms = due_ms
+            self.nudge("claims")
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
         outage_s = 0.0
@@ -181,11 +193,16 @@ class Scheduler:
             first_poll_s=self.cadence.first_poll_s,
             intake_entry=entry_id,
         )
+        self.expect(first_poll_ms(now_ms, self.cadence.first_poll_s))
         self.counters["accepted"] += 1
         metrics.INTAKE.labels("accepted").inc()
 
     async def claim_step(self) -> float:
-        """Claim every due batch of every queue; sleep until the soonest is due (at most a tick)."""
+        """Claim every due batch of every queue; sleep until the soonest is due (at most
+        ``CLAIM_IDLE_S``)."""
+        now_ms = self.clock()
+        if 0 < self._claim_at_ms - now_ms <= CLAIM_IDLE_S * 1000:
+            return (self._claim_at_ms - now_ms) / 1000  # woken early by ``expect``: nothing due yet
         soonest_ms = int(CLAIM_IDLE_S * 1000)
         for service, token in await self._known_queues():
             while True:
@@ -205,7 +222,9 @@ class Scheduler:
                 claim_id, ids = got
                 self.counters["claims"] += 1
                 await self.queue.poll(service, token, claim_id, ids)
-        return max(soonest_ms, 1) / 1000
+        soonest_ms = max(soonest_ms, 1)
+        self._claim_at_ms = self.clock() + soonest_ms
+        return soonest_ms / 1000
 
     async def _known_queues(self) -> list[tuple[str, str]]:
         now_ms = self.clock()
@@ -216,10 +235,14 @@ class Scheduler:
     async def outbox_step(self) -> float:
         """Hand due deliveries to the job queue. They stay in the outbox, leased, until a try ends:
         a worker that dies mid-try loses nothing, the delivery is handed over again after the lease."""
-        taken = await self.store.take_outbox(self.clock(), OUTBOX_BATCH, lease_ms=self.cadence.lease_ms)
+        now_ms = self.clock()
+        taken, next_due_ms = await self.store.take_outbox(now_ms, OUTBOX_BATCH, lease_ms=self.cadence.lease_ms)
         for delivery_id, due_ms in taken:
             await self.queue.deliver(delivery_id, due_ms)
-        return 0.0 if len(taken) == OUTBOX_BATCH else OUTBOX_IDLE_S
+        if len(taken) == OUTBOX_BATCH:
+            return 0.0
+        wait_ms = OUTBOX_IDLE_S * 1000 if next_due_ms is None else min(OUTBOX_IDLE_S * 1000, next_due_ms - now_ms)
+        return max(wait_ms, 1) / 1000
 
     async def upkeep_step(self) -> float:
         """Heartbeat, prune old index entries, and take over intake entries of dead workers."""

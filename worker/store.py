@@ -15,10 +15,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -180,8 +178,12 @@ def sample_text(sample: Sample) -> str:
     return f"{round(sample.lifetime_s * 1000)}|{int(sample.ok)}|{marks_text(sample.marks)}"
 
 
+@functools.lru_cache(maxsize=2 * LIFETIME_SAMPLES)
 def parse_sample(text: str) -> Sample:
-    """Inverse of ``sample_text``; a bare number (written by 0.x versions) is a succeeded lifetime in ms."""
+    """Inverse of ``sample_text``; a bare number (written by 0.x versions) is a succeeded lifetime in ms.
+
+    Cached: a service's samples are re-read every second or so, and mostly the same ones.
+    """
     lifetime, _, rest = text.partition("|")
     ok, _, marks = rest.partition("|")
     return Sample(int(lifetime) / 1000, ok != "0", parse_marks(marks))
@@ -583,17 +585,22 @@ class Store:
         """Write a terminal record with its events and deliveries once; False if already finished."""
         return (await self.run_calls([self.finish_call(record, now_ms, events, sample=sample)]))[0]
 
-    async def run_calls(self, calls: Sequence[ScriptCall]) -> list[bool]:
+    async def run_calls(
+        self, calls: Sequence[ScriptCall], *, clear_backoff: tuple[str, str] | None = None
+    ) -> list[bool]:
         """Run many script calls in one round trip (each call is atomic on its own); True where it wrote
-        (for ``touch``: where it wrote any)."""
-        if len(calls) == 1:
+        (for ``touch``: where it wrote any). ``clear_backoff``: a (service, token) whose request went
+        through, its past failures forgotten in the same round trip."""
+        if len(calls) == 1 and clear_backoff is None:
             call = calls[0]
             return [bool(await self._scripts[call.script](keys=call.keys, args=call.args))]
         async with self.redis.pipeline(transaction=False) as pipe:
             for call in calls:
                 await self._scripts[call.script](keys=call.keys, args=call.args, client=pipe)
+            if clear_backoff is not None:
+                pipe.delete(self.backoff_key(*clear_backoff))
             results = await pipe.execute()
-        return [bool(r) for r in results]
+        return [bool(r) for r in results[: len(calls)]]
 
     async def release(self, service: str, token: str, claim_id: str, ids: Iterable[str], due_ms: int) -> int:
         """Give claimed ids back, due at ``due_ms``; returns how many were still held."""
@@ -615,10 +622,6 @@ class Store:
         """Consecutive failures behind the current back-off of (service, token)."""
         return int(await self.redis.hget(self.backoff_key(service, token), "failures") or 0)  # type: ignore[misc]
 
-    async def clear_backoff(self, service: str, token: str) -> None:
-        """A request went through: forget past failures."""
-        await self.redis.delete(self.backoff_key(service, token))
-
     async def pause_token(self, token: str, pause_ms: int, reason: str) -> None:
         """Stop every poll with ``token`` for ``pause_ms`` (a bad or used-up token)."""
         await self.redis.set(self.paused_key(token), reason, px=pause_ms)
@@ -639,10 +642,14 @@ class Store:
         return [s.lifetime_s for s in await self.lifetime_samples(service) if s.ok]
 
     # -- outbox -----------------------------------------------------------------------------
-    async def take_outbox(self, now_ms: int, count: int, lease_ms: int = 30_000) -> list[tuple[str, int]]:
-        """Due deliveries as (id, due_ms), leased to this dispatcher for ``lease_ms``."""
-        flat = await self._scripts["take_outbox"](keys=[self.outbox_key], args=[now_ms, lease_ms, count])
-        return [(str(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+    async def take_outbox(
+        self, now_ms: int, count: int, lease_ms: int = 30_000
+    ) -> tuple[list[tuple[str, int]], int | None]:
+        """Due deliveries as (id, due_ms), leased to this dispatcher for ``lease_ms``, and the soonest
+        due time left in the outbox (None: it is empty)."""
+        flat, next_due = await self._scripts["take_outbox"](keys=[self.outbox_key], args=[now_ms, lease_ms, count])
+        taken = [(str(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+        return taken, int(float(next_due)) if next_due else None
 
     async def requeue_delivery(self, delivery_id: str, due_ms: int) -> None:
         """Put a delivery back in the outbox for its next try at ``due_ms``."""
@@ -835,21 +842,3 @@ class Store:
             if first and (oldest is None or int(first[0][1]) < oldest):
                 oldest = int(first[0][1])
         return oldest
-
-
-def create_redis(url: str) -> aioredis.Redis:
-    """A ``decode_responses`` client for ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URLs."""
-    parts = urlsplit(url)
-    if parts.scheme != "redis+sentinel":
-        client: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
-        return client
-    nodes = []
-    for node in parts.netloc.split("@")[-1].split(","):
-        host, _, port = node.partition(":")
-        nodes.append((host, int(port or 26379)))
-    path = [p for p in parts.path.split("/") if p]
-    sentinel = Sentinel(nodes, decode_responses=True)  # type: ignore[no-untyped-call]
-    master: aioredis.Redis = sentinel.master_for(
-        path[0], db=int(path[1]) if len(path) > 1 else 0, password=parts.password
-    )
-    return master

@@ -10,9 +10,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from worker.clock import Clock, system_clock
+from worker.connect import create_redis
 from worker.intake import build_request
 from worker.models import Record
-from worker.store import Store, create_redis
+from worker.store import Store
 from worker.webhooks import screen
 
 #: how long one blocking read of the events stream waits before ``wait`` looks again

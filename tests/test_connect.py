@@ -1,0 +1,59 @@
+"""``create_redis``: commands packed by hiredis go on the wire exactly as redis-py packs them."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+from redis.exceptions import DataError
+
+from tests.conftest import require_real_redis
+from worker.connect import HiredisPacking, create_redis, fast_packing
+
+ARG = st.one_of(
+    st.text(),
+    st.binary(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+PLAIN = Connection()
+FAST = fast_packing(aioredis.Redis()).connection_pool.connection_class()
+
+
+@given(st.sampled_from(["EVALSHA", "CONFIG GET", b"MEMORY USAGE", "SET"]), st.lists(ARG, max_size=60))
+def test_hiredis_packs_the_same_bytes_as_redis_py(command: str | bytes, args: list[object]) -> None:
+    assert b"".join(FAST.pack_command(command, *args)) == b"".join(PLAIN.pack_command(command, *args))
+
+
+def test_an_argument_redis_refuses_gets_redis_pys_own_error() -> None:
+    with pytest.raises(DataError, match="NoneType"):
+        FAST.pack_command("SET", "k", None)
+
+
+def test_every_url_form_gets_the_packing_and_only_once() -> None:
+    for url in ("redis://localhost:6379/0", "rediss://localhost:6380/0", "unix:///tmp/redis.sock"):
+        cls = create_redis(url).connection_pool.connection_class
+        assert issubclass(cls, HiredisPacking)
+    unix = create_redis("unix:///tmp/redis.sock")
+    assert issubclass(unix.connection_pool.connection_class, UnixDomainSocketConnection)
+    again = fast_packing(unix).connection_pool.connection_class
+    assert again.__mro__.count(HiredisPacking) == 1
+
+
+@pytest.mark.realredis
+async def test_a_real_server_reads_what_hiredis_packed(
+    real_redis_url: str | None, request: pytest.FixtureRequest
+) -> None:
+    client = create_redis(require_real_redis(real_redis_url, request))
+    try:
+        values = {"text": "héllo wörld", "int": 12, "float": 0.1, "bytes": b"\x00\xff".decode("latin-1")}
+        await client.hset("acetrack-test:connect", mapping=values)
+        stored = await client.hgetall("acetrack-test:connect")
+        assert stored == {k: str(v) for k, v in values.items()}
+        assert await client.pipeline(transaction=False).hget("acetrack-test:connect", "int").delete(
+            "acetrack-test:connect"
+        ).execute() == ["12", 1]
+    finally:
+        await client.aclose()

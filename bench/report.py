@@ -6,6 +6,7 @@ import bisect
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,7 @@ def capacity(m: dict[str, Any], scale_tasks: int) -> dict[str, Any]:
     return out
 
 
-def targets(metrics: list[dict[str, Any]], tasks: int) -> list[dict[str, Any]]:
+def targets(metrics: list[dict[str, Any]], tasks: int, hotpath: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """The issue's targets, each ``met``, ``not met`` or ``not tested`` (this run cannot show it)."""
     sdks = [m for m in metrics if m["kind"] == "sdk"]
     baseline = next((m for m in sdks if m["name"] == "sdk-unlimited"), sdks[0] if sdks else None)
@@ -252,7 +253,16 @@ def targets(metrics: list[dict[str, Any]], tasks: int) -> list[dict[str, Any]]:
             )
         )
         out.append(_target(m["name"], "zero wrong outcomes", m["wrong_total"] == 0, f"{m['wrong_total']} wrong"))
+    out += [_hotpath_target(h) for h in hotpath]
     return out
+
+
+def _hotpath_target(h: dict[str, Any]) -> dict[str, Any]:
+    cpu = h["cpu_ms_per_observation"]
+    how = f"as sparse as {h['spacing_of']} (a batch every {h['gap_s']} s)" if h["spacing_of"] else "back to back"
+    detail = f"{cpu} ms/observation over {h['observations']} observations in {h['batches']} batches, {how}"
+    who = "hot path, " + ("sparse" if h["spacing_of"] else "warm")
+    return _target(who, "<= 0.1 ms worker CPU per status observed", cpu <= CPU_TARGET_MS_PER_OBS, detail)
 
 
 def _requests_target(m: dict[str, Any], baseline: dict[str, Any] | None, tasks: int) -> dict[str, Any]:

@@ -426,6 +426,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             m["capacity"] = report.capacity(m, args.tasks)
             metrics.append(m)
         del phase["created"]
+    hot = await asyncio.to_thread(hotpath_runs, args, metrics, scale)
     return {
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", "-m", "bench.run", *sys.argv[1:]]),
@@ -447,9 +448,30 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "wall_s": round(time.time() - started, 1),
         "contenders": metrics,
-        "targets": report.targets(metrics, args.tasks),
+        "hotpath": hot,
+        "targets": report.targets(metrics, args.tasks, hot),
         "notes": notes(args, scale),
     }
+
+
+def hotpath_runs(args: argparse.Namespace, metrics: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
+    """``bench.hotpath`` in its own process: the poll path's CPU per observation back to back (warm),
+    then with the first acetrack contender's mean real time between requests (as sparse as this run)."""
+    first = next((m for m in metrics if m["kind"] == "acetrack" and m["mean_rps"]), None)
+    if not args.hotpath_s or first is None:
+        return []
+    gaps = [0.0, round(scale / first["mean_rps"], 3)]
+    out = []
+    for gap_s in gaps:
+        cmd = ["--seconds", str(args.hotpath_s), "--gap-s", str(gap_s)]
+        with tempfile.TemporaryFile() as log:
+            proc = procs.start_python("bench.hotpath", cmd, env=dict(os.environ), log=log)
+            stdout, _ = proc.communicate(timeout=args.hotpath_s + 300)
+            if proc.returncode:
+                log.seek(0)
+                raise SystemExit(f"bench: bench.hotpath failed:\n{log.read().decode()[-2000:]}")
+        out.append({**json.loads(stdout.decode().splitlines()[-1]), "spacing_of": first["name"] if gap_s else None})
+    return out
 
 
 async def _phase(
@@ -659,6 +681,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sdk-sample", type=int, default=200, help="tasks tracked by sdk-unlimited")
     parser.add_argument("--tail-s", type=float, default=240.0, help="unscaled seconds after the last finish to wait")
     parser.add_argument("--idle-s", type=float, default=2.0, help="real seconds of idle-CPU measurement")
+    parser.add_argument(
+        "--hotpath-s", type=float, default=20.0, help="seconds of each bench.hotpath run after the phases (0: none)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--stem", default=None, help="output file name stem (default bench-<tasks>, or smoke)")
     parser.add_argument("--profile", action="store_true", help="workers under cProfile (CPU time): hot spots")
@@ -669,7 +694,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.acetrack_set = dict(args.acetrack_set)
     if args.smoke:
         defaults = parser.parse_args([])
-        for key, value in (("tasks", 200), ("scale", 0.1), ("sdk_sample", 50), ("tail_s", 150.0), ("arrival_s", 100.0)):
+        smoke = (("tasks", 200), ("scale", 0.1), ("sdk_sample", 50), ("tail_s", 150.0), ("arrival_s", 100.0))
+        for key, value in (*smoke, ("hotpath_s", 3.0)):
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, value)
     args.stem = args.stem or ("smoke" if args.smoke else f"bench-{args.tasks}")
@@ -697,7 +723,7 @@ def sane(result: dict[str, Any]) -> list[str]:
 def render(path: Path) -> None:
     """Recompute the targets of a result file and rewrite its markdown and plot (no new measurement)."""
     result = json.loads(path.read_text())
-    result["targets"] = report.targets(result["contenders"], result["workload"]["tasks"])
+    result["targets"] = report.targets(result["contenders"], result["workload"]["tasks"], result.get("hotpath", []))
     report.write(result, path.parent, path.stem)
     print(report.markdown(result))
 

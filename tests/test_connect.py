@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
 from tests.conftest import require_real_redis
-from worker.connect import HiredisPacking, create_redis, fast_packing
+from worker.connect import HiredisPacking, create_redis, packing_class
 
 ARG = st.one_of(
     st.text(),
@@ -19,7 +18,7 @@ ARG = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
 )
 PLAIN = Connection()
-FAST = fast_packing(aioredis.Redis()).connection_pool.connection_class()
+FAST = packing_class(Connection)()
 
 
 @given(st.sampled_from(["EVALSHA", "CONFIG GET", b"MEMORY USAGE", "SET"]), st.lists(ARG, max_size=60))
@@ -32,14 +31,15 @@ def test_an_argument_redis_refuses_gets_redis_pys_own_error() -> None:
         FAST.pack_command("SET", "k", None)
 
 
-def test_every_url_form_gets_the_packing_and_only_once() -> None:
+async def test_every_url_form_gets_the_packing_and_only_once() -> None:
     for url in ("redis://localhost:6379/0", "rediss://localhost:6380/0", "unix:///tmp/redis.sock"):
-        cls = create_redis(url).connection_pool.connection_class
-        assert issubclass(cls, HiredisPacking)
+        client = create_redis(url)  # nothing connects until a command is sent
+        assert issubclass(client.connection_pool.connection_class, HiredisPacking)
+        await client.aclose()
     unix = create_redis("unix:///tmp/redis.sock")
     assert issubclass(unix.connection_pool.connection_class, UnixDomainSocketConnection)
-    again = fast_packing(unix).connection_pool.connection_class
-    assert again.__mro__.count(HiredisPacking) == 1
+    assert packing_class(unix.connection_pool.connection_class) is unix.connection_pool.connection_class
+    await unix.aclose()
 
 
 @pytest.mark.realredis

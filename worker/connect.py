@@ -33,12 +33,17 @@ class HiredisPacking(AbstractConnection):
             return super().pack_command(*args)
 
 
+def packing_class(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``base`` (a redis-py connection class) with ``HiredisPacking`` in front, once."""
+    if issubclass(base, HiredisPacking):
+        return base
+    return type(f"Hiredis{base.__name__}", (HiredisPacking, base), {})
+
+
 def fast_packing(client: aioredis.Redis) -> aioredis.Redis:
     """``client`` with its connections' commands packed by hiredis (connections made from now on)."""
     pool = client.connection_pool
-    base = pool.connection_class
-    if not issubclass(base, HiredisPacking):
-        pool.connection_class = type(f"Hiredis{base.__name__}", (HiredisPacking, base), {})
+    pool.connection_class = packing_class(pool.connection_class)
     return client
 
 

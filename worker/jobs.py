@@ -18,10 +18,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import arq.utils
 import arq.worker
 import redis.asyncio as aioredis
 from aiohttp import web
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import job_key_prefix
+from arq.jobs import serialize_job
 from arq.worker import func
 
 from config import Settings
@@ -44,7 +47,7 @@ DELIVER_JOB = "deliver"
 #: arq keeps a finished job's id this long, so a delivery handed over twice runs once
 KEEP_RESULT_S = 60
 MAX_CONCURRENT_JOBS = 50
-#: how often arq looks for queued jobs while some of its jobs run (one may end and free a slot)
+#: how often a full arq worker (``MAX_CONCURRENT_JOBS`` running) looks whether a slot is free
 BUSY_TICK_S = 0.1
 #: longest wait of an idle arq worker: jobs this process enqueues wake it at once, so this only
 #: bounds how long a job enqueued by another process waits when its own worker is full
@@ -89,8 +92,10 @@ class ArqJobQueue:
         queue_name: str,
         deliver_queue_name: str,
         job_ready: Mapping[str, asyncio.Event] | None = None,
+        poll_expiry_ms: int = 30_000,
     ) -> None:
         self.pool = pool
+        self.poll_expiry_ms = poll_expiry_ms
         self.queue_name = queue_name
         self.deliver_queue_name = deliver_queue_name
         #: per queue name, the event that wakes this process's arq worker of that queue
@@ -102,10 +107,19 @@ class ArqJobQueue:
             event.set()
 
     async def poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> None:
-        """Queue one batch poll; the claim id makes the job id unique."""
-        await self.pool.enqueue_job(
-            POLL_JOB, service, token, claim_id, list(ids), _job_id=f"{POLL_JOB}:{claim_id}", _queue_name=self.queue_name
-        )
+        """Queue one batch poll in one round trip.
+
+        ``enqueue_job`` takes three (WATCH, EXISTS, then MULTI/EXEC) to refuse a job id that exists;
+        a claim id is new by construction, so the job is written as ``enqueue_job`` writes it, with
+        arq's own serialisation and keys. It expires with the claim's lease: by then its ids are
+        due again and claimed anew, so a job that could not start in time is not worth running.
+        """
+        job_id, now_ms = f"{POLL_JOB}:{claim_id}", arq.utils.timestamp_ms()
+        job = serialize_job(POLL_JOB, (service, token, claim_id, list(ids)), {}, None, now_ms, serializer=serialize)
+        async with self.pool.pipeline(transaction=True) as pipe:
+            pipe.psetex(job_key_prefix + job_id, self.poll_expiry_ms, job)
+            pipe.zadd(self.queue_name, {job_id: now_ms})
+            await pipe.execute()
         self._wake(self.queue_name)
 
     async def deliver(self, delivery_id: str, due_ms: int) -> None:
@@ -178,11 +192,14 @@ def _build(runtime: Runtime, ctx: dict[str, Any]) -> None:
         deadline_s=s.deadline_s,
         first_poll_s=s.first_poll_s,
         min_repoll_ms=int(s.poll_s * 1000 / 4),
+        claim_idle_ms=Cadence.idle_ms_for(s.first_poll_s),
     )
     poller = runtime.poller
     scheduler = runtime.scheduler = Scheduler(
         store,
-        ArqJobQueue(ctx["redis"], ctx["queue_name"], ctx["deliver_queue_name"], ctx.get("job_ready")),
+        ArqJobQueue(
+            ctx["redis"], ctx["queue_name"], ctx["deliver_queue_name"], ctx.get("job_ready"), int(s.lease_s * 1000)
+        ),
         runtime.clock,
         cadence,
         services=s.services,
@@ -191,6 +208,7 @@ def _build(runtime: Runtime, ctx: dict[str, Any]) -> None:
         heartbeat_info=lambda: {"ready": not poller.paused_tokens, "paused_tokens": sorted(poller.paused_tokens)},
     )
     poller.on_schedule = scheduler.expect
+    poller.on_deliveries = lambda: scheduler.nudge("outbox")
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -228,10 +246,7 @@ async def poll_job(ctx: dict[str, Any], service: str, token: str, claim_id: str,
     """Poll one claimed batch."""
     runtime = _runtime(ctx)
     assert runtime.poller is not None
-    finished = await runtime.poller.poll_batch(service, token, claim_id, ids)
-    if runtime.scheduler is not None:
-        runtime.scheduler.nudge("outbox")  # its events may have queued hook deliveries
-    return finished
+    return await runtime.poller.poll_batch(service, token, claim_id, ids)
 
 
 async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
@@ -262,6 +277,8 @@ async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
         await store.dead_letter(delivery_id, now_ms)
     if outcome.status == "retry":
         await store.requeue_delivery(delivery_id, now_ms + int(outcome.retry_in_s * 1000))
+        if runtime.scheduler is not None:
+            runtime.scheduler.nudge("outbox")  # it sleeps until the soonest delivery it knows: now this one
     else:
         await store.outbox_done(delivery_id)
     await store.count(f"deliveries_{outcome.status}")
@@ -357,7 +374,7 @@ class ResilientWorker(arq.worker.Worker):
     arq polls its queue every ``poll_delay``; each poll is a Redis round trip and an event-loop
     wake-up, which was most of an idle worker's CPU. Here a job this process enqueues wakes the
     worker at once (``job_ready``, set by ``ArqJobQueue``); otherwise it looks every
-    ``BUSY_TICK_S`` while its jobs run and every ``IDLE_TICK_S`` when none do.
+    ``BUSY_TICK_S`` while all its job slots are taken and every ``IDLE_TICK_S`` otherwise.
 
     arq 0.28 lets the first ``ConnectionError`` in its poll iteration end ``Worker.main``, which
     would leave the process up but running no jobs. Here an outage is one warning line and a
@@ -375,7 +392,8 @@ class ResilientWorker(arq.worker.Worker):
         if self.burst or self.job_ready.is_set():
             return
         try:
-            await asyncio.wait_for(self.job_ready.wait(), BUSY_TICK_S if self.tasks else IDLE_TICK_S)
+            full = self.job_counter >= self.max_jobs  # only a job that ends can let it start more
+            await asyncio.wait_for(self.job_ready.wait(), BUSY_TICK_S if full else IDLE_TICK_S)
         except TimeoutError:
             pass
 

@@ -25,7 +25,7 @@ from worker.errors import (
     UpstreamUnavailable,
 )
 from worker.events import build_events
-from worker.models import EventType, Reason, Record, TaskState, UpstreamTask
+from worker.models import EventType, OutEvent, Reason, Record, TaskState, UpstreamTask
 from worker.store import PendingTask, ScriptCall, Store, next_sched
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ class Poller:
     paused_tokens: set[str] = field(default_factory=set)
     #: called with the soonest due time each batch's write scheduled (the claim loop's ``expect``)
     on_schedule: Callable[[int], None] | None = None
+    #: called when a batch's write queued hook deliveries (wakes the outbox loop)
+    on_deliveries: Callable[[], None] | None = None
     #: what each service's finished tasks teach, with when it was read (ms)
     _learned: dict[str, tuple[int, classify.Lifetimes]] = field(default_factory=dict)
 
@@ -253,12 +255,15 @@ class Poller:
                 touched.append((outcome.before.id, outcome.next_poll_ms(now_ms), outcome.sched(now_ms)))
             else:
                 changed.append(outcome)
-        calls = [self._call(outcome, claim_id, now_ms) for outcome in changed]
+        events = [self._events(outcome, now_ms) for outcome in changed]
+        calls = [self._call(outcome, out, claim_id, now_ms) for outcome, out in zip(changed, events, strict=True)]
         if touched:
             calls.append(self.store.touch_call(service, token, claim_id, touched))
         written = await self.store.run_calls(calls, clear_backoff=(service, token) if answered else None)
         metrics.OBSERVATIONS.labels(service).inc(len(outcomes))
         self._expect(touched, changed, now_ms)
+        if self.on_deliveries is not None and any(e.deliveries for out in events for e in out):
+            self.on_deliveries()
         finished = 0
         for outcome, wrote in zip(changed, written, strict=False):
             if outcome.decision.terminal and wrote:
@@ -275,11 +280,19 @@ class Poller:
         if dues:
             self.on_schedule(min(dues))
 
-    def _call(self, outcome: Outcome, claim_id: str, now_ms: int) -> ScriptCall:
-        before, decision = outcome.before, outcome.decision
-        events = build_events(
-            decision.events, before, decision.record, now_ms, self.destinations, callback_events=self.callback_events
+    def _events(self, outcome: Outcome, now_ms: int) -> list[OutEvent]:
+        decision = outcome.decision
+        return build_events(
+            decision.events,
+            outcome.before,
+            decision.record,
+            now_ms,
+            self.destinations,
+            callback_events=self.callback_events,
         )
+
+    def _call(self, outcome: Outcome, events: list[OutEvent], claim_id: str, now_ms: int) -> ScriptCall:
+        decision = outcome.decision
         if decision.terminal:
             return self.store.finish_call(decision.record, now_ms, events, sample=outcome.sample(now_ms))
         return self.store.update_call(

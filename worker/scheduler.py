@@ -31,10 +31,11 @@ from worker.webhooks import screen
 logger = logging.getLogger(__name__)
 
 #: longest sleep between claims when nothing is known to fall due sooner: a task registered
-#: by another process (the HTTP API, ``Tracker.enqueue``) is seen at most this late. Its first
-#: poll is ``ACETRACK_FIRST_POLL_S`` away and a claim takes ids due within the coalesce window,
-#: so it is rarely late at all.
+#: by another process (the HTTP API, ``Tracker.enqueue``) is seen at most this late. Workers
+#: use less when ``ACETRACK_FIRST_POLL_S`` is short (``Cadence.claim_idle_ms``), so such a task
+#: is seen before its first poll falls due.
 CLAIM_IDLE_S = 1.0
+CLAIM_MIN_IDLE_S = 0.1
 #: longest sleep of the outbox loop when nothing is known to fall due sooner; this worker's own
 #: polls wake it at once (``nudge``), so this bounds only a delivery queued by another process
 OUTBOX_IDLE_S = 1.0
@@ -70,6 +71,15 @@ class Cadence:
     first_poll_s: float = 3.0
     #: a claim tops up its batch with ids due soon, but not with one polled less than this ago
     min_repoll_ms: int = 0
+    #: longest sleep of the claim loop (``CLAIM_IDLE_S``, or less: see ``idle_ms_for``)
+    claim_idle_ms: int = int(CLAIM_IDLE_S * 1000)
+
+    @staticmethod
+    def idle_ms_for(first_poll_s: float) -> int:
+        """The claim loop's longest sleep: a new task's first poll falls due at least half of
+        ``first_poll_s`` after it is registered (``first_poll_ms``), so a quarter sees it in time;
+        never under ``CLAIM_MIN_IDLE_S``, the most DESIGN.md §3 lets a due task wait."""
+        return int(1000 * max(CLAIM_MIN_IDLE_S, min(CLAIM_IDLE_S, first_poll_s / 4)))
 
 
 @dataclass
@@ -199,32 +209,38 @@ class Scheduler:
 
     async def claim_step(self) -> float:
         """Claim every due batch of every queue; sleep until the soonest is due (at most
-        ``CLAIM_IDLE_S``)."""
+        ``claim_idle_ms``)."""
         now_ms = self.clock()
-        if 0 < self._claim_at_ms - now_ms <= CLAIM_IDLE_S * 1000:
+        if 0 < self._claim_at_ms - now_ms <= self.cadence.claim_idle_ms:
             return (self._claim_at_ms - now_ms) / 1000  # woken early by ``expect``: nothing due yet
-        soonest_ms = int(CLAIM_IDLE_S * 1000)
+        # plan the longest sleep first: a poll that ``expect``s an earlier due during the claims
+        # below lowers the plan, and the answers of those claims cannot raise it back
+        self._claim_at_ms = now_ms + self.cadence.claim_idle_ms
         for service, token in await self._known_queues():
-            while True:
-                got = await self.store.claim(
-                    service,
-                    token,
-                    self.clock(),
-                    batch=self.cadence.batch_size,
-                    coalesce_ms=self.cadence.coalesce_ms,
-                    lease_ms=self.cadence.lease_ms,
-                    rate_rps=self.cadence.rate_limit_rps,
-                    min_repoll_ms=self.cadence.min_repoll_ms,
-                )
-                if isinstance(got, int):
-                    soonest_ms = min(soonest_ms, got) if got >= 0 else soonest_ms
-                    break
-                claim_id, ids = got
-                self.counters["claims"] += 1
-                await self.queue.poll(service, token, claim_id, ids)
-        soonest_ms = max(soonest_ms, 1)
-        self._claim_at_ms = self.clock() + soonest_ms
-        return soonest_ms / 1000
+            wait_ms = await self._claim_queue(service, token)
+            if wait_ms >= 0:
+                self._claim_at_ms = min(self._claim_at_ms, self.clock() + max(wait_ms, 1))
+        return max(self._claim_at_ms - self.clock(), 1) / 1000
+
+    async def _claim_queue(self, service: str, token: str) -> int:
+        """Claim the queue's due batches; returns the ms until its next claim can find any (-1: none due)."""
+        while True:
+            got = await self.store.claim(
+                service,
+                token,
+                self.clock(),
+                batch=self.cadence.batch_size,
+                coalesce_ms=self.cadence.coalesce_ms,
+                lease_ms=self.cadence.lease_ms,
+                rate_rps=self.cadence.rate_limit_rps,
+                min_repoll_ms=self.cadence.min_repoll_ms,
+            )
+            if isinstance(got, int):
+                return got
+            self.counters["claims"] += 1
+            await self.queue.poll(service, token, got.claim_id, got.ids)
+            if got.next_ms != 0:  # a partial batch: the claim said when the next id falls due
+                return got.next_ms
 
     async def _known_queues(self) -> list[tuple[str, str]]:
         now_ms = self.clock()

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -47,6 +47,15 @@ EMITTING_SCRIPTS = frozenset({"update", "finish"})
 
 #: where a listing stopped: (state, score, member) of its last row
 Cursor = tuple[str, int, str]
+
+
+class Claimed(NamedTuple):
+    """A claimed batch: its claim id, the ids, and when the next claim of the queue can find any."""
+
+    claim_id: str
+    ids: list[str]
+    #: 0: the batch is full, more may be due now; else ms until the next id falls due (-1: none left)
+    next_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -457,8 +466,8 @@ class Store:
         lease_ms: int,
         rate_rps: float,
         min_repoll_ms: int = 0,
-    ) -> tuple[str, list[str]] | int:
-        """Claim a batch of due ids: returns (claim id, ids), or the ms to wait (-1: nothing due).
+    ) -> Claimed | int:
+        """Claim a batch of due ids: returns the ``Claimed`` batch, or the ms to wait (-1: nothing due).
 
         Ids due within ``coalesce_ms`` top the batch up, except those polled less than
         ``min_repoll_ms`` ago.
@@ -485,7 +494,7 @@ class Store:
         reply = await self._scripts["claim"](keys=keys, args=args)
         if int(reply[0]) == 0:
             return int(reply[1])
-        return claim_id, [str(i) for i in reply[1:]]
+        return Claimed(claim_id, [str(i) for i in reply[2:]], int(reply[1]))
 
     async def spend(self, token: str, now_ms: int, rate_rps: float) -> int:
         """Spend one extra request of the token's budget; 0 when spent, else ms to wait."""

@@ -1,0 +1,89 @@
+"""The scheduler's loops wait for work: each sleeps until the soonest thing it knows falls due."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from tests.conftest import Backend
+from worker.intake import EnqueueRequest
+from worker.scheduler import CLAIM_IDLE_S, CLAIM_MIN_IDLE_S, Cadence, Scheduler
+from worker.store import Claimed, Store
+
+NOW_MS = 1_700_000_000_000
+
+
+class Recorder:
+    """A ``JobQueue`` that only remembers what it was handed."""
+
+    def __init__(self) -> None:
+        self.polls: list[list[str]] = []
+        self.deliveries: list[str] = []
+
+    async def poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> None:
+        self.polls.append(list(ids))
+
+    async def deliver(self, delivery_id: str, due_ms: int) -> None:
+        self.deliveries.append(delivery_id)
+
+
+def scheduler(store: Store, clock_ms: list[int], **cadence: Any) -> tuple[Scheduler, Recorder]:
+    queue = Recorder()
+    return Scheduler(store, queue, lambda: clock_ms[0], Cadence(**cadence)), queue
+
+
+async def register(store: Store, task_id: str, first_poll_s: float) -> None:
+    await store.register(EnqueueRequest("suno", task_id), NOW_MS, deadline_s=600, first_poll_s=first_poll_s)
+
+
+async def test_a_partial_batch_tells_the_loop_when_to_claim_next(backend: Backend) -> None:
+    store = backend.store()
+    await register(store, "soon", 3)
+    await register(store, "later", 9)
+    due = dict(await backend.redis.zrange(store.due_key("suno", "default"), 0, -1, withscores=True))
+    clock_ms = [int(due["soon"])]
+    sched, queue = scheduler(store, clock_ms, coalesce_ms=0, claim_idle_ms=60_000)
+    sleep_s = await sched.claim_step()
+    assert queue.polls == [["soon"]]
+    # one claim: the partial batch's answer said when "later" falls due, no second claim was needed
+    assert sched.counters["claims"] == 1
+    assert sleep_s == pytest.approx((due["later"] - clock_ms[0]) / 1000)
+
+
+async def test_an_expected_due_time_cuts_the_sleep_even_while_claiming(backend: Backend) -> None:
+    clock_ms = [NOW_MS]
+
+    class ExpectingStore(Store):
+        async def claim(self, *args: Any, **kwargs: Any) -> Claimed | int:
+            got = await super().claim(*args, **kwargs)
+            sched.expect(NOW_MS + 200)  # a poll job finished meanwhile and scheduled a task 200 ms on
+            return got
+
+    store = ExpectingStore(backend.redis)
+    await register(store, "t1", 30)
+    sched, _ = scheduler(store, clock_ms, claim_idle_ms=5_000)
+    assert await sched.claim_step() == pytest.approx(0.2)
+    clock_ms[0] += 50  # woken early (the nudge): it re-plans without asking Redis
+    assert await sched.claim_step() == pytest.approx(0.15)
+    assert sched.counters["claims"] == 0
+
+
+async def test_the_outbox_loop_sleeps_until_its_soonest_delivery(backend: Backend) -> None:
+    store = backend.store()
+    clock_ms = [NOW_MS]
+    sched, queue = scheduler(store, clock_ms)
+    await backend.redis.zadd(store.outbox_key, {"dlv_now": NOW_MS, "dlv_soon": NOW_MS + 300})
+    assert await sched.outbox_step() == pytest.approx(0.3)
+    assert queue.deliveries == ["dlv_now"]
+    clock_ms[0] += 300
+    await sched.outbox_step()
+    assert queue.deliveries == ["dlv_now", "dlv_soon"]
+
+
+@pytest.mark.parametrize(
+    ("first_poll_s", "idle_s"), [(3.0, 0.75), (0.8, 0.2), (100.0, CLAIM_IDLE_S), (0.0, CLAIM_MIN_IDLE_S)]
+)
+def test_the_claim_loop_wakes_before_a_new_tasks_first_poll(first_poll_s: float, idle_s: float) -> None:
+    assert Cadence.idle_ms_for(first_poll_s) == int(idle_s * 1000)

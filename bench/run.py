@@ -680,7 +680,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--sdk-sample", type=int, default=200, help="tasks tracked by sdk-unlimited")
     parser.add_argument("--tail-s", type=float, default=240.0, help="unscaled seconds after the last finish to wait")
-    parser.add_argument("--idle-s", type=float, default=2.0, help="real seconds of idle-CPU measurement")
+    parser.add_argument("--idle-s", type=float, default=10.0, help="real seconds of idle-CPU measurement")
     parser.add_argument(
         "--hotpath-s", type=float, default=20.0, help="seconds of each bench.hotpath run after the phases (0: none)"
     )
@@ -695,7 +695,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         defaults = parser.parse_args([])
         smoke = (("tasks", 200), ("scale", 0.1), ("sdk_sample", 50), ("tail_s", 150.0), ("arrival_s", 100.0))
-        for key, value in (*smoke, ("hotpath_s", 3.0)):
+        for key, value in (*smoke, ("hotpath_s", 3.0), ("idle_s", 2.0)):
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, value)
     args.stem = args.stem or ("smoke" if args.smoke else f"bench-{args.tasks}")

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import Backend
 from worker.intake import EnqueueRequest
-from worker.scheduler import CLAIM_IDLE_S, CLAIM_MIN_IDLE_S, Cadence, Scheduler
+from worker.scheduler import CLAIM_IDLE_S, CLAIM_MIN_IDLE_S, CLAIM_SLACK_MS, Cadence, Scheduler
 from worker.store import Claimed, Store
 
 NOW_MS = 1_700_000_000_000
@@ -68,6 +68,28 @@ async def test_an_expected_due_time_cuts_the_sleep_even_while_claiming(backend: 
     clock_ms[0] += 50  # woken early (the nudge): it re-plans without asking Redis
     assert await sched.claim_step() == pytest.approx(0.15)
     assert sched.counters["claims"] == 0
+
+
+async def test_a_timer_that_fires_a_few_ms_early_still_claims(backend: Backend) -> None:
+    asked: list[int] = []
+
+    class CountingStore(Store):
+        async def claim(self, service: str, token: str, now_ms: int, **kwargs: Any) -> Claimed | int:
+            asked.append(now_ms)
+            return await super().claim(service, token, now_ms, **kwargs)
+
+    store = CountingStore(backend.redis)
+    await register(store, "t1", 3)
+    due_ms = int((await backend.redis.zrange(store.due_key("suno", "default"), 0, 0, withscores=True))[0][1])
+    clock_ms = [due_ms - 2000]
+    sched, queue = scheduler(store, clock_ms, coalesce_ms=0, claim_idle_ms=5_000)
+    assert await sched.claim_step() == pytest.approx(2.0)
+    clock_ms[0] = due_ms - CLAIM_SLACK_MS + 2  # uvloop rounds timers to whole ms
+    await sched.claim_step()
+    assert len(asked) == 2  # it asked Redis again rather than planning another 3 ms sleep
+    clock_ms[0] = due_ms
+    await sched.claim_step()
+    assert queue.polls == [["t1"]]
 
 
 async def test_the_outbox_loop_sleeps_until_its_soonest_delivery(backend: Backend) -> None:

@@ -337,8 +337,8 @@ def build_worker_settings(
         "on_startup": startup,
         "on_shutdown": shutdown,
         "queue_name": queue_name,
-        # arq's own sleep between polls of its queue is replaced by ResilientWorker's wait for work
-        "poll_delay": 0,
+        # a plain arq Worker given these polls every BUSY_TICK_S; ResilientWorker waits for work instead
+        "poll_delay": BUSY_TICK_S,
         "max_jobs": MAX_CONCURRENT_JOBS,
         "keep_result": KEEP_RESULT_S,
         "job_serializer": serialize,
@@ -385,11 +385,15 @@ class ResilientWorker(arq.worker.Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.poll_delay_s = 0.0  # arq's sleep between polls: ``_wait_for_work`` replaces it
         self.job_ready = asyncio.Event()
         self.ctx.setdefault("job_ready", {})[self.queue_name] = self.job_ready
 
     async def _wait_for_work(self) -> None:
-        if self.burst or self.job_ready.is_set():
+        if self.job_ready.is_set():
+            return
+        if self.burst:  # a burst run ends when the queue is empty: it must keep looking
+            await asyncio.sleep(BUSY_TICK_S)
             return
         try:
             full = self.job_counter >= self.max_jobs  # only a job that ends can let it start more

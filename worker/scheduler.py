@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 #: is seen before its first poll falls due.
 CLAIM_IDLE_S = 1.0
 CLAIM_MIN_IDLE_S = 0.1
+#: a claim loop woken this close to its plan claims (a timer may fire a few ms early)
+CLAIM_SLACK_MS = 5
 #: longest sleep of the outbox loop when nothing is known to fall due sooner; this worker's own
 #: polls wake it at once (``nudge``), so this bounds only a delivery queued by another process
 OUTBOX_IDLE_S = 1.0
@@ -211,24 +213,27 @@ class Scheduler:
         """Claim every due batch of every queue; sleep until the soonest is due (at most
         ``claim_idle_ms``)."""
         now_ms = self.clock()
-        if 0 < self._claim_at_ms - now_ms <= self.cadence.claim_idle_ms:
+        # a timer may fire a few ms early (uvloop rounds to whole ms): that is not an early wake
+        if CLAIM_SLACK_MS < self._claim_at_ms - now_ms <= self.cadence.claim_idle_ms:
             return (self._claim_at_ms - now_ms) / 1000  # woken early by ``expect``: nothing due yet
         # plan the longest sleep first: a poll that ``expect``s an earlier due during the claims
         # below lowers the plan, and the answers of those claims cannot raise it back
         self._claim_at_ms = now_ms + self.cadence.claim_idle_ms
         for service, token in await self._known_queues():
-            wait_ms = await self._claim_queue(service, token)
-            if wait_ms >= 0:
-                self._claim_at_ms = min(self._claim_at_ms, self.clock() + max(wait_ms, 1))
+            next_due_ms = await self._claim_queue(service, token)
+            if next_due_ms is not None:
+                self._claim_at_ms = min(self._claim_at_ms, next_due_ms)
         return max(self._claim_at_ms - self.clock(), 1) / 1000
 
-    async def _claim_queue(self, service: str, token: str) -> int:
-        """Claim the queue's due batches; returns the ms until its next claim can find any (-1: none due)."""
+    async def _claim_queue(self, service: str, token: str) -> int | None:
+        """Claim the queue's due batches; returns when its next claim can find any (epoch ms; None:
+        nothing is due at all)."""
         while True:
+            now_ms = self.clock()
             got = await self.store.claim(
                 service,
                 token,
-                self.clock(),
+                now_ms,
                 batch=self.cadence.batch_size,
                 coalesce_ms=self.cadence.coalesce_ms,
                 lease_ms=self.cadence.lease_ms,
@@ -236,11 +241,11 @@ class Scheduler:
                 min_repoll_ms=self.cadence.min_repoll_ms,
             )
             if isinstance(got, int):
-                return got
+                return now_ms + max(got, 1) if got >= 0 else None
             self.counters["claims"] += 1
             await self.queue.poll(service, token, got.claim_id, got.ids)
             if got.next_ms != 0:  # a partial batch: the claim said when the next id falls due
-                return got.next_ms
+                return now_ms + max(got.next_ms, 1) if got.next_ms > 0 else None
 
     async def _known_queues(self) -> list[tuple[str, str]]:
         now_ms = self.clock()

@@ -16,6 +16,7 @@ import asyncio
 import cProfile
 import json
 import random
+import tempfile
 import time
 from typing import Any
 
@@ -66,7 +67,7 @@ async def _batch(store: Store, poller: Poller) -> int:
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     redis_server = procs.RedisServer()
-    with open(f"/tmp/acetrack-hotpath-sim-{redis_server.port}.log", "wb") as log:
+    with tempfile.TemporaryFile() as log:  # the simulator's stderr, kept only while it runs
         sim, base = await _start_sim(log)
         redis = create_redis(redis_server.url)
         try:

@@ -6,7 +6,6 @@ again (the ids go back to the due set; the service backs off).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -15,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from worker import codec
 from worker.errors import (
     ConfigError,
     UnknownService,
@@ -119,11 +119,11 @@ class UpstreamClient:
         self.requests += 1
         try:
             async with self.session.post(url, json=payload, headers=headers, allow_redirects=False) as resp:
-                text = await resp.text()
+                data = await resp.read()
                 status, retry_after = resp.status, resp.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError) as e:
             raise UpstreamUnavailable(f"{what}: {type(e).__name__}: {e}") from e
-        body = self._decode(text, status, what)
+        body = self._decode(data, status, what)
         # Retry-After may be an HTTP date, which only the wall clock can read
         retry_after_s = parse_retry_after(retry_after, time.time())
         if status >= 300 or (isinstance(body, dict) and body.get("success") is False and "items" not in body):
@@ -131,12 +131,12 @@ class UpstreamClient:
         return body
 
     @staticmethod
-    def _decode(text: str, status: int, what: str) -> Any:
+    def _decode(data: bytes, status: int, what: str) -> Any:
         try:
-            return json.loads(text) if text else {}
-        except json.JSONDecodeError as e:
+            return codec.loads(data) if data else {}
+        except ValueError as e:
             if status >= 300:
                 return {}
             raise UpstreamUnavailable(
-                f"{what}: HTTP {status} with unreadable JSON: {text[:80]!r}", status=status
+                f"{what}: HTTP {status} with unreadable JSON: {data[:80]!r}", status=status
             ) from e

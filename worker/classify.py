@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from worker import codec
 from worker.models import (
     ACTIVE_CLIP_STATES,
     Clip,
@@ -343,10 +344,9 @@ def fingerprint(task: UpstreamTask) -> str:
     matches the last one's can only be rescheduled (64 bits: a collision is not a practical risk).
     """
     # the raw fields ``UpstreamItem.from_wire`` reads: the items need not be parsed. This runs for
-    # every id of every poll, hence ``map`` (a C loop) rather than a comprehension per field.
-    rows = [tuple(map(e.get, ITEM_FIELDS)) for e in task.entries]
-    text = repr((task.finished_at, task.success, task.error, rows))
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    # every id of every poll, hence ``map`` (a C loop) and orjson (under half of ``repr``'s time)
+    answer = (task.finished_at, task.success, task.error, [tuple(map(e.get, ITEM_FIELDS)) for e in task.entries])
+    return hashlib.blake2b(codec.dumps(answer), digest_size=8).hexdigest()
 
 
 def reached_stage(marks: Sequence[Mark | None]) -> int:

@@ -47,6 +47,18 @@ def fast_packing(client: aioredis.Redis) -> aioredis.Redis:
     return client
 
 
+async def adopt_fast_packing(client: aioredis.Redis) -> None:
+    """``fast_packing`` for a client already in use: arq makes its pools and pings them before a
+    worker's start-up hook runs. Its open connections are closed and dropped; the next command
+    opens one that packs with hiredis."""
+    pool = client.connection_pool
+    if issubclass(pool.connection_class, HiredisPacking):
+        return
+    fast_packing(client)
+    await pool.disconnect()
+    pool.reset()  # type: ignore[no-untyped-call]
+
+
 def create_redis(url: str) -> aioredis.Redis:
     """A ``decode_responses`` client for ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URLs."""
     parts = urlsplit(url)

@@ -5,11 +5,11 @@ Event fields follow DESIGN.md §2; the hook delivery body carries the event as h
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from worker import codec
 from worker.classify import newly_succeeded
 from worker.hooks import WEBHOOK_PREFIX
 from worker.models import EventType, OutEvent, Record
@@ -33,18 +33,18 @@ def event_fields(event_type: EventType, record: Record, now_ms: int, event_id: s
         "reason": record.reason.value if record.reason else "",
         "progress": "" if record.progress is None else str(record.progress),
         "at_ms": str(now_ms),
-        "record": json.dumps(record.to_dict(), separators=(",", ":")),
+        "record": codec.dumps(record.to_dict()).decode(),
     }
 
 
 def event_from_fields(fields: Mapping[str, str]) -> dict[str, Any]:
     """An events-stream entry as hooks receive it: nulls restored, ``record`` (and ``clip``) parsed."""
     event: dict[str, Any] = {k: (v if v != "" else None) for k, v in fields.items()}
-    event["record"] = json.loads(fields["record"])
+    event["record"] = codec.loads(fields["record"])
     event["at_ms"] = int(fields["at_ms"])
     event["progress"] = int(fields["progress"]) if fields.get("progress") else None
     if fields.get("clip"):
-        event["clip"] = json.loads(fields["clip"])
+        event["clip"] = codec.loads(fields["clip"])
     return event
 
 
@@ -65,7 +65,7 @@ def _deliveries(
             "attempts": [],
             "event": event,
         }
-        out.append((delivery_id, json.dumps(body, separators=(",", ":"))))
+        out.append((delivery_id, codec.dumps(body).decode()))
     return out
 
 
@@ -96,7 +96,7 @@ def build_events(
         fields = event_fields(event_type, after, now_ms, "evt_" + new_id())
         if event_type is EventType.CLIP_SUCCEEDED:
             clip = next(fresh, None)
-            fields["clip"] = json.dumps(clip.to_dict() if clip else None, separators=(",", ":"))
+            fields["clip"] = codec.dumps(clip.to_dict() if clip else None).decode()
         dests = list(destinations.get(event_type.value, ()))
         if after.callback_url and event_type.value in callback_events:
             dests.append(WEBHOOK_PREFIX + after.callback_url)

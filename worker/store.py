@@ -19,9 +19,10 @@ from typing import Any, NamedTuple
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker import codec
 from worker.classify import Mark, Sample, first_poll_ms
 from worker.errors import StoreError
 from worker.intake import EnqueueRequest
@@ -201,7 +202,7 @@ def parse_sample(text: str) -> Sample:
 def _with_poll_fields(raw: str, attempts: int | None, polled_ms: int | None) -> Record:
     # while pending, the poll count and time live in ``sched`` so that a poll that changes nothing
     # does not rewrite the record
-    record = Record.from_dict(json.loads(raw))
+    record = Record.from_dict(codec.loads(raw))
     if attempts is not None:
         record.attempts = attempts
     if polled_ms is not None:
@@ -219,7 +220,7 @@ def _old_sched(deadline: str | None, seen: str | None, missing: str | None, miss
 
 def _record_of(raw: str, sched: str | None) -> Record:
     if not sched:
-        return Record.from_dict(json.loads(raw))
+        return Record.from_dict(codec.loads(raw))
     task = _pending(raw, sched)
     return task.record
 
@@ -240,13 +241,13 @@ async def translate_errors(what: str) -> AsyncIterator[None]:
         raise StoreError(f"redis failed during {what}: {e}; check ACETRACK_REDIS_URL and that Redis is up") from e
 
 
-def _record_json(record: Record) -> str:
+def _record_json(record: Record) -> bytes:
     # stored compact and without nulls: a pending task costs Redis memory for as long as it runs
-    return json.dumps(compact(record.to_dict()), separators=(",", ":"))
+    return codec.dumps(compact(record.to_dict()))
 
 
-def _events_json(events: Iterable[OutEvent]) -> str:
-    return json.dumps([e.to_payload() for e in events], separators=(",", ":"))
+def _events_json(events: Iterable[OutEvent]) -> bytes:
+    return codec.dumps([e.to_payload() for e in events])
 
 
 class Store:
@@ -603,13 +604,28 @@ class Store:
         if len(calls) == 1 and clear_backoff is None:
             call = calls[0]
             return [bool(await self._scripts[call.script](keys=call.keys, args=call.args))]
+        results = await self._pipeline(calls, clear_backoff)
+        # the server lost a script (a restart, SCRIPT FLUSH, a script not used yet): load it and run
+        # again only the calls that did not run, so that each call runs once
+        missing = [i for i, r in enumerate(results[: len(calls)]) if isinstance(r, NoScriptError)]
+        if missing:
+            for name in {calls[i].script for i in missing}:
+                await self.redis.script_load(self._scripts[name].script)
+            for i, again in zip(missing, await self._pipeline([calls[i] for i in missing], None), strict=True):
+                results[i] = again
+        if errors := [r for r in results if isinstance(r, Exception)]:
+            raise errors[0]
+        return [bool(r) for r in results[: len(calls)]]
+
+    async def _pipeline(self, calls: Sequence[ScriptCall], clear_backoff: tuple[str, str] | None) -> list[Any]:
+        # EVALSHA as a plain command: a pipeline given redis-py Script objects first asks SCRIPT
+        # EXISTS, a round trip of its own on every poll
         async with self.redis.pipeline(transaction=False) as pipe:
             for call in calls:
-                await self._scripts[call.script](keys=call.keys, args=call.args, client=pipe)
+                pipe.evalsha(self._scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
             if clear_backoff is not None:
                 pipe.delete(self.backoff_key(*clear_backoff))
-            results = await pipe.execute()
-        return [bool(r) for r in results[: len(calls)]]
+            return await pipe.execute(raise_on_error=False)
 
     async def release(self, service: str, token: str, claim_id: str, ids: Iterable[str], due_ms: int) -> int:
         """Give claimed ids back, due at ``due_ms``; returns how many were still held."""

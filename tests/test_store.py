@@ -231,3 +231,24 @@ async def test_a_claim_tops_up_with_ids_due_soon_but_not_one_polled_moments_ago(
     assert isinstance(got, tuple) and sorted(got[1]) == ["due", "soon"]
     got = await store.claim("suno", "default", NOW_MS + 3500, **kw, min_repoll_ms=750)  # type: ignore[arg-type]
     assert isinstance(got, tuple) and got[1] == ["just-polled"]  # once due, it is polled like any other
+
+
+async def test_a_batch_of_writes_after_the_server_lost_its_scripts_runs_each_write_once(backend: Backend) -> None:
+    store = backend.store()
+    for task_id in ("t1", "t2"):
+        await register(store, task_id)
+    got = await store.claim("suno", "default", NOW_MS + 3000, **CLAIM)
+    assert isinstance(got, tuple)
+    records = {task_id: await store.get("suno", task_id) for task_id in ("t1", "t2")}
+    failed = fail(records["t2"], Reason.DEADLINE, NOW_MS + 3100)  # type: ignore[arg-type]
+    events = build_events([EventType.TASK_FAILED], records["t2"], failed, NOW_MS + 3100, {})  # type: ignore[arg-type]
+    kw = {"next_due_ms": NOW_MS + 9000, "sched": sched_text(NOW_MS + 60_000, seen=True), "events": []}
+    calls = [
+        store.update_call(records["t1"], got[0], NOW_MS + 3100, **kw),  # type: ignore[arg-type]
+        store.finish_call(failed, NOW_MS + 3100, events, sample=None),
+    ]
+    await backend.redis.script_flush()  # as after a restart: the next EVALSHA finds no script
+    assert await store.run_calls(calls, clear_backoff=("suno", "default")) == [True, True]
+    assert await backend.redis.zscore(store.due_key("suno", "default"), "t1") == NOW_MS + 9000
+    assert await backend.redis.xlen(store.events_key) == 1  # the terminal event once, not once per try
+    assert await store.run_calls(calls) == [False, False]  # the claim was used up; t2 is finished

@@ -105,6 +105,7 @@ class ArqJobQueue:
         deliver_queue_name: str,
         job_ready: Mapping[str, asyncio.Event] | None = None,
         poll_expiry_ms: int = 30_000,
+        job_hints: Mapping[str, list[str]] | None = None,
     ) -> None:
         self.pool = pool
         self.poll_expiry_ms = poll_expiry_ms
@@ -112,11 +113,15 @@ class ArqJobQueue:
         self.deliver_queue_name = deliver_queue_name
         #: per queue name, the event that wakes this process's arq worker of that queue
         self.job_ready = job_ready or {}
+        #: per queue name, the ids of jobs queued here that this process's arq worker starts by id
+        self.job_hints = job_hints or {}
 
-    def _wake(self, queue_name: str) -> None:
+    def _wake(self, queue_name: str, job_id: str | None = None) -> None:
         event = self.job_ready.get(queue_name)
         if event is not None:
             event.set()
+            if job_id is not None and (hints := self.job_hints.get(queue_name)) is not None:
+                hints.append(job_id)
 
     async def poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> None:
         """Queue one batch poll in one round trip.
@@ -132,7 +137,7 @@ class ArqJobQueue:
             pipe.psetex(job_key_prefix + job_id, self.poll_expiry_ms, job)
             pipe.zadd(self.queue_name, {job_id: now_ms})
             await pipe.execute()
-        self._wake(self.queue_name)
+        self._wake(self.queue_name, job_id)
 
     async def deliver(self, delivery_id: str, due_ms: int) -> None:
         """Queue one try of a delivery; the same try handed over twice (same due time) runs once."""
@@ -210,7 +215,12 @@ def _build(runtime: Runtime, ctx: dict[str, Any]) -> None:
     scheduler = runtime.scheduler = Scheduler(
         store,
         ArqJobQueue(
-            ctx["redis"], ctx["queue_name"], ctx["deliver_queue_name"], ctx.get("job_ready"), int(s.lease_s * 1000)
+            ctx["redis"],
+            ctx["queue_name"],
+            ctx["deliver_queue_name"],
+            ctx.get("job_ready"),
+            int(s.lease_s * 1000),
+            ctx.get("job_hints"),
         ),
         runtime.clock,
         cadence,
@@ -401,6 +411,8 @@ class ResilientWorker(arq.worker.Worker):
         self.poll_delay_s = 0.0  # arq's sleep between polls: ``_wait_for_work`` replaces it
         self.job_ready = asyncio.Event()
         self.ctx.setdefault("job_ready", {})[self.queue_name] = self.job_ready
+        #: jobs this process queued, started by id without reading the queue (``ArqJobQueue``)
+        self.hinted: list[str] = self.ctx.setdefault("job_hints", {}).setdefault(self.queue_name, [])
         self._start_script: AsyncScript | None = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
@@ -444,6 +456,22 @@ class ResilientWorker(arq.worker.Worker):
         except TimeoutError:
             pass
 
+    async def _look(self) -> None:
+        """arq's poll iteration, except that jobs this process has just queued are started by id:
+        finding them by reading the queue is a round trip per batch. Jobs queued by other
+        processes are found by arq's read, at the latest one tick later."""
+        if not self.hinted or self.burst:
+            await super()._poll_iteration()
+            return
+        job_ids = [job_id.encode() for job_id in self.hinted]
+        self.hinted.clear()
+        await self.start_jobs(job_ids)  # a job left out (all slots taken) stays queued for arq's read
+        for job_id, task in list(self.tasks.items()):  # as arq's iteration: forget ended jobs, raise
+            if task.done():  # what a job's run failed with
+                del self.tasks[job_id]
+                task.result()
+        await self.heart_beat()
+
     async def _redis_answers(self) -> bool:
         try:
             await self.pool.ping()
@@ -455,7 +483,7 @@ class ResilientWorker(arq.worker.Worker):
         await self._wait_for_work()
         self.job_ready.clear()  # before the read: a job enqueued during it wakes the next one
         try:
-            await super()._poll_iteration()
+            await self._look()
         except REDIS_DOWN as e:
             if await self._redis_answers():
                 # arq re-raises, one per iteration, the error of a job that ended during an outage

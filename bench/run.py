@@ -81,8 +81,19 @@ def acetrack_settings(scale: float, overrides: dict[str, float] | None = None) -
 class AcetrackSide:
     """One acetrack contender: its redis-server, its worker processes, its view of Redis."""
 
-    def __init__(self, name: str, workers: int, scale: float, sim_url: str, tmp: Path, args: argparse.Namespace):
+    def __init__(
+        self,
+        name: str,
+        workers: int,
+        scale: float,
+        sim_url: str,
+        tmp: Path,
+        args: argparse.Namespace,
+        src: Path = procs.ROOT,
+    ):
         self.name, self.workers, self.scale, self.token = name, workers, scale, name
+        #: the acetrack checkout its workers run (another one: a same-run baseline, ``--baseline-src``)
+        self.src = src
         self.redis = procs.RedisServer()
         self.client = aioredis.Redis.from_url(self.redis.url, decode_responses=True)
         self.store = Store(self.client)
@@ -120,8 +131,8 @@ class AcetrackSide:
             self.procs.append(
                 subprocess.Popen(
                     [sys.executable, *args],
-                    cwd=procs.ROOT,
-                    env=self.env,
+                    cwd=self.src,
+                    env={**self.env, "PYTHONPATH": str(self.src)},
                     stdout=subprocess.DEVNULL,
                     stderr=log,
                 )
@@ -512,6 +523,11 @@ async def _start_contenders(
         if name.startswith("acetrack-"):
             workers = int(name.removeprefix("acetrack-").removesuffix("w"))
             acetracks.append(AcetrackSide(name, workers, scale, sim_url, tmp, args))
+        elif name.startswith("baseline-"):
+            if args.baseline_src is None:
+                raise SystemExit(f"bench: contender {name!r} needs --baseline-src (a checkout of an earlier acetrack)")
+            workers = int(name.removeprefix("baseline-").removesuffix("w"))
+            acetracks.append(AcetrackSide(name, workers, scale, sim_url, tmp, args, src=args.baseline_src))
         elif name not in ("sdk", "sdk-unlimited"):
             raise SystemExit(f"bench: unknown contender {name!r}")
     for side in acetracks:
@@ -598,6 +614,11 @@ async def _measure(
     }
 
 
+def _revision(src: Path) -> str:
+    done = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return f" at {done.stdout.strip()}" if done.returncode == 0 else ""
+
+
 async def _acetrack_run(
     side: AcetrackSide, workload: Workload, cpu_s: float, wall_s: float, idle: float
 ) -> report.ContenderRun:
@@ -613,7 +634,7 @@ async def _acetrack_run(
         verdicts,
         cpu_s,
         wall_s,
-        label=f"acetrack, {side.workers} worker process(es), own redis-server; budget "
+        label=f"acetrack{_revision(side.src)}, {side.workers} worker process(es), own redis-server; budget "
         f"{Settings.model_fields['rate_limit_rps'].default:g} req/s (unscaled)",
         workers=side.workers,
         idle_cpu_per_s=idle,
@@ -677,6 +698,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         help="NAME=SECONDS: an acetrack time setting instead of its default (unscaled), e.g. coalesce_s=3",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="a checkout of an earlier acetrack (git worktree): contenders baseline-Nw run its worker in the same "
+        "run, for before/after figures that do not depend on how busy the machine is",
     )
     parser.add_argument("--sdk-sample", type=int, default=200, help="tasks tracked by sdk-unlimited")
     parser.add_argument("--tail-s", type=float, default=240.0, help="unscaled seconds after the last finish to wait")

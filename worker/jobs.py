@@ -51,8 +51,9 @@ MAX_CONCURRENT_JOBS = 50
 #: how often a full arq worker (``MAX_CONCURRENT_JOBS`` running) looks whether a slot is free
 BUSY_TICK_S = 0.1
 #: longest wait of an idle arq worker: jobs this process enqueues wake it at once, so this only
-#: bounds how long a job enqueued by another process waits when its own worker is full
-IDLE_TICK_S = 1.0
+#: bounds how long a job waits whose own worker is full or died before starting it (each look is
+#: a Redis round trip and a wake-up, a few tenths of a ms of CPU on a small VM)
+IDLE_TICK_S = 5.0
 #: arq's start of one job, atomic in one round trip where arq takes four (WATCH, EXISTS, ZSCORE,
 #: MULTI/EXEC): the job's in-progress key is set once, and only while the job is queued and due.
 #: KEYS: 1 in-progress key, 2 queue; ARGV: 1 job id, 2 now ms, 3 in-progress timeout ms.

@@ -40,7 +40,8 @@ CLAIM_MIN_IDLE_S = 0.1
 CLAIM_SLACK_MS = 5
 #: longest sleep of the outbox loop when nothing is known to fall due sooner; this worker's own
 #: polls wake it at once (``nudge``), so this bounds only a delivery queued by another process
-OUTBOX_IDLE_S = 1.0
+#: (a replay from the HTTP API or the CLI)
+OUTBOX_IDLE_S = 5.0
 #: intake blocks this long on an empty stream (a new entry ends the wait at once)
 INTAKE_BLOCK_MS = 1000
 #: how long the list of (service, token) queues is reused before it is read again

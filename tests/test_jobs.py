@@ -28,29 +28,29 @@ async def test_a_job_starts_once_and_only_while_queued_and_due(backend: Backend)
     await pool.aclose(close_connection_pool=True)
 
 
-async def test_a_job_queued_by_this_process_starts_by_id_without_reading_the_queue(backend: Backend) -> None:
+async def test_a_job_queued_by_this_process_starts_here_at_once_while_a_slot_is_free(backend: Backend) -> None:
     pool = backend.make_arq_pool()
     kwargs = jobs.build_worker_settings(fast_settings("http://127.0.0.1:9"), redis_pool=pool, store_redis=backend.redis)
-    worker = jobs.ResilientWorker(**kwargs, handle_signals=False)
-    ctx = kwargs["ctx"]
-    queue = jobs.ArqJobQueue(pool, kwargs["queue_name"], "unused", ctx["job_ready"], 30_000, ctx["job_hints"])
+    worker = jobs.ResilientWorker(**{**kwargs, "max_jobs": 1}, handle_signals=False)
+    queue = jobs.ArqJobQueue(pool, kwargs["queue_name"], "unused", kwargs["ctx"]["local_workers"])
     ran: list[str] = []
-    reads: list[object] = []
+    release = asyncio.Event()
 
     async def run_job(job_id: str, score: int) -> None:
         ran.append(job_id)
-
-    async def zrangebyscore(*args: object, **kw: object) -> list[bytes]:
-        reads.append(args)
-        return []
+        await release.wait()
 
     worker.run_job = run_job  # type: ignore[method-assign]
-    worker.pool.zrangebyscore = zrangebyscore  # type: ignore[method-assign]
     await queue.poll("suno", "default", "c2", ["t1"])
-    assert worker.hinted == [f"{jobs.POLL_JOB}:c2"] and worker.job_ready.is_set()
-    await worker._poll_iteration()
+    await asyncio.sleep(0)
+    assert ran == [f"{jobs.POLL_JOB}:c2"] and not worker.job_ready.is_set()
+    # started in the same round trip: marked in progress, so no other worker's read starts it again
+    assert await worker._start_job(f"{jobs.POLL_JOB}:c2") is None
+    await queue.poll("suno", "default", "c3", ["t2"])  # the only slot is taken: it waits in the queue
+    await asyncio.sleep(0)
+    assert ran == [f"{jobs.POLL_JOB}:c2"] and worker.job_ready.is_set()
+    assert await pool.zscore(kwargs["queue_name"], f"{jobs.POLL_JOB}:c3") is not None
+    release.set()
     await asyncio.gather(*worker.tasks.values())
-    assert ran == [f"{jobs.POLL_JOB}:c2"] and not reads and not worker.hinted
-    await worker._poll_iteration()  # nothing hinted: arq reads the queue as usual
-    assert len(reads) == 1
+    assert worker.job_counter == 0  # the slot came back when the job ended
     await pool.aclose(close_connection_pool=True)

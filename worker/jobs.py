@@ -54,6 +54,16 @@ BUSY_TICK_S = 0.1
 #: bounds how long a job waits whose own worker is full or died before starting it (each look is
 #: a Redis round trip and a wake-up, a few tenths of a ms of CPU on a small VM)
 IDLE_TICK_S = 5.0
+#: a poll job written as ``enqueue_job`` writes it, and started at once (its in-progress key set)
+#: when this process's worker has a free slot, in one round trip.
+#: KEYS: 1 job key, 2 queue, 3 in-progress key; ARGV: 1 job, 2 job id, 3 score ms, 4 job expiry ms,
+#: 5 in-progress timeout ms (0: leave the job to a worker's read of the queue).
+QUEUE_JOB_LUA = """
+redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+if tonumber(ARGV[5]) > 0 then redis.call('PSETEX', KEYS[3], ARGV[5], '1') end
+return 1
+"""
 #: arq's start of one job, atomic in one round trip where arq takes four (WATCH, EXISTS, ZSCORE,
 #: MULTI/EXEC): the job's in-progress key is set once, and only while the job is queued and due.
 #: KEYS: 1 in-progress key, 2 queue; ARGV: 1 job id, 2 now ms, 3 in-progress timeout ms.
@@ -104,41 +114,48 @@ class ArqJobQueue:
         pool: ArqRedis,
         queue_name: str,
         deliver_queue_name: str,
-        job_ready: Mapping[str, asyncio.Event] | None = None,
+        local: Mapping[str, ResilientWorker] | None = None,
         poll_expiry_ms: int = 30_000,
-        job_hints: Mapping[str, list[str]] | None = None,
     ) -> None:
         self.pool = pool
         self.poll_expiry_ms = poll_expiry_ms
         self.queue_name = queue_name
         self.deliver_queue_name = deliver_queue_name
-        #: per queue name, the event that wakes this process's arq worker of that queue
-        self.job_ready = job_ready or {}
-        #: per queue name, the ids of jobs queued here that this process's arq worker starts by id
-        self.job_hints = job_hints or {}
+        #: per queue name, this process's arq worker of that queue
+        self.local = local or {}
+        self._queue_script = pool.register_script(QUEUE_JOB_LUA)
 
-    def _wake(self, queue_name: str, job_id: str | None = None) -> None:
-        event = self.job_ready.get(queue_name)
-        if event is not None:
-            event.set()
-            if job_id is not None and (hints := self.job_hints.get(queue_name)) is not None:
-                hints.append(job_id)
+    def _wake(self, queue_name: str) -> None:
+        worker = self.local.get(queue_name)
+        if worker is not None:
+            worker.job_ready.set()
 
     async def poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> None:
-        """Queue one batch poll in one round trip.
+        """Queue one batch poll, and start it here at once if this process's worker has a free slot,
+        in one round trip (``QUEUE_JOB_LUA``).
 
         ``enqueue_job`` takes three (WATCH, EXISTS, then MULTI/EXEC) to refuse a job id that exists;
         a claim id is new by construction, so the job is written as ``enqueue_job`` writes it, with
-        arq's own serialisation and keys. It expires with the claim's lease: by then its ids are
-        due again and claimed anew, so a job that could not start in time is not worth running.
+        arq's own serialisation and keys; a worker's read of the queue then takes two more to find
+        and start it. It expires with the claim's lease: by then its ids are due again and claimed
+        anew, so a job that could not start in time is not worth running.
         """
         job_id, now_ms = f"{POLL_JOB}:{claim_id}", arq.utils.timestamp_ms()
         job = serialize_job(POLL_JOB, (service, token, claim_id, list(ids)), {}, None, now_ms, serializer=serialize)
-        async with self.pool.pipeline(transaction=True) as pipe:
-            pipe.psetex(job_key_prefix + job_id, self.poll_expiry_ms, job)
-            pipe.zadd(self.queue_name, {job_id: now_ms})
-            await pipe.execute()
-        self._wake(self.queue_name, job_id)
+        worker = self.local.get(self.queue_name)
+        slot = worker is not None and await worker.reserve_slot()
+        keys = [job_key_prefix + job_id, self.queue_name, in_progress_key_prefix + job_id]
+        start_ms = int(worker.in_progress_timeout_s * 1000) if worker is not None and slot else 0
+        try:
+            await self._queue_script(keys=keys, args=[job, job_id, now_ms, self.poll_expiry_ms, start_ms])
+        except BaseException:
+            if worker is not None and slot:
+                worker.release_slot()
+            raise
+        if worker is not None and slot:
+            worker.run_local(job_id, now_ms)
+        else:
+            self._wake(self.queue_name)
 
     async def deliver(self, delivery_id: str, due_ms: int) -> None:
         """Queue one try of a delivery; the same try handed over twice (same due time) runs once."""
@@ -216,12 +233,7 @@ def _build(runtime: Runtime, ctx: dict[str, Any]) -> None:
     scheduler = runtime.scheduler = Scheduler(
         store,
         ArqJobQueue(
-            ctx["redis"],
-            ctx["queue_name"],
-            ctx["deliver_queue_name"],
-            ctx.get("job_ready"),
-            int(s.lease_s * 1000),
-            ctx.get("job_hints"),
+            ctx["redis"], ctx["queue_name"], ctx["deliver_queue_name"], ctx.get("local_workers"), int(s.lease_s * 1000)
         ),
         runtime.clock,
         cadence,
@@ -411,10 +423,27 @@ class ResilientWorker(arq.worker.Worker):
         super().__init__(*args, **kwargs)
         self.poll_delay_s = 0.0  # arq's sleep between polls: ``_wait_for_work`` replaces it
         self.job_ready = asyncio.Event()
-        self.ctx.setdefault("job_ready", {})[self.queue_name] = self.job_ready
-        #: jobs this process queued, started by id without reading the queue (``ArqJobQueue``)
-        self.hinted: list[str] = self.ctx.setdefault("job_hints", {}).setdefault(self.queue_name, [])
+        self.ctx.setdefault("local_workers", {})[self.queue_name] = self
         self._start_script: AsyncScript | None = None
+
+    async def reserve_slot(self) -> bool:
+        """Take a job slot for a job this process queues and starts itself (``run_local``); False
+        when all are taken (the job then waits in the queue for a slot here or elsewhere)."""
+        if self.sem.locked() or self.job_counter >= self.max_jobs:
+            return False
+        await self.sem.acquire()  # not locked: returns at once
+        self.job_counter += 1
+        return True
+
+    def release_slot(self) -> None:
+        """Give back a slot of ``reserve_slot`` (the job was not queued)."""
+        self._release_sem_dec_counter_on_complete()
+
+    def run_local(self, job_id: str, score: int) -> None:
+        """Run a job whose slot and in-progress key are taken, as arq's ``start_jobs`` does."""
+        task = self.loop.create_task(self.run_job(job_id, score))
+        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        self.tasks[job_id] = task
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's ``start_jobs``, each start one round trip (``START_JOB_LUA``) instead of four."""
@@ -433,9 +462,7 @@ class ResilientWorker(arq.worker.Worker):
             if score is None:  # started or finished elsewhere, or queued again for later
                 self._release_sem_dec_counter_on_complete()
                 continue
-            task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+            self.run_local(job_id, score)
 
     async def _start_job(self, job_id: str) -> int | None:
         if self._start_script is None:
@@ -457,22 +484,6 @@ class ResilientWorker(arq.worker.Worker):
         except TimeoutError:
             pass
 
-    async def _look(self) -> None:
-        """arq's poll iteration, except that jobs this process has just queued are started by id:
-        finding them by reading the queue is a round trip per batch. Jobs queued by other
-        processes are found by arq's read, at the latest one tick later."""
-        if not self.hinted or self.burst:
-            await super()._poll_iteration()
-            return
-        job_ids = [job_id.encode() for job_id in self.hinted]
-        self.hinted.clear()
-        await self.start_jobs(job_ids)  # a job left out (all slots taken) stays queued for arq's read
-        for job_id, task in list(self.tasks.items()):  # as arq's iteration: forget ended jobs, raise
-            if task.done():  # what a job's run failed with
-                del self.tasks[job_id]
-                task.result()
-        await self.heart_beat()
-
     async def _redis_answers(self) -> bool:
         try:
             await self.pool.ping()
@@ -484,7 +495,7 @@ class ResilientWorker(arq.worker.Worker):
         await self._wait_for_work()
         self.job_ready.clear()  # before the read: a job enqueued during it wakes the next one
         try:
-            await self._look()
+            await super()._poll_iteration()
         except REDIS_DOWN as e:
             if await self._redis_answers():
                 # arq re-raises, one per iteration, the error of a job that ended during an outage

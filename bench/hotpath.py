@@ -1,12 +1,15 @@
 """``python -m bench.hotpath``: the worker's CPU per observation on its hot path, warm and back to back.
 
-The full benchmark measures a worker process from outside, so a sparse workload's figure also
-carries what a process pays to wake from idle (on a small VM, a cold cache costs more than the work
-itself). This measures the work alone: in one process, on uvloop, it claims batches of a real
-``redis-server`` and polls them with ``Poller.poll_batch`` against the simulator (its own process,
-rate limit off), exactly as a poll job does, for ``--seconds``, and divides this process's CPU by
-the ids observed. Tasks live 10-60 s and finish during the run, so the batches mix unchanged answers,
-progress and verdicts. Prints one JSON line; ``--profile OUT`` writes a cProfile (CPU time) too.
+The full benchmark measures a worker process from outside, so its figure also carries the job
+queue, the loops and what each wake-up from idle costs (on a small VM, a Redis round trip after a
+pause costs about three times one made back to back). This measures the poll path alone: in one
+process, on uvloop, it claims batches of a real ``redis-server`` and polls them with
+``Poller.poll_batch`` against the simulator (its own process, rate limit off), exactly as a poll
+job does, for ``--seconds``, and divides this process's CPU by the ids observed. Tasks live
+10-60 s and finish during the run, so the batches mix unchanged answers, progress and verdicts;
+the sparser the batches, the more of each batch's answers have changed since the task's last poll
+(a changed answer costs several times an unchanged one). Prints one JSON line; ``--profile OUT``
+writes a cProfile (CPU time) too.
 """
 
 from __future__ import annotations

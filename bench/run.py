@@ -527,7 +527,7 @@ async def _start_contenders(
             if args.baseline_src is None:
                 raise SystemExit(f"bench: contender {name!r} needs --baseline-src (a checkout of an earlier acetrack)")
             workers = int(name.removeprefix("baseline-").removesuffix("w"))
-            acetracks.append(AcetrackSide(name, workers, scale, sim_url, tmp, args, src=args.baseline_src))
+            acetracks.append(AcetrackSide(name, workers, scale, sim_url, tmp, args, src=args.baseline_src.resolve()))
         elif name not in ("sdk", "sdk-unlimited"):
             raise SystemExit(f"bench: unknown contender {name!r}")
     for side in acetracks:

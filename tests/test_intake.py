@@ -144,6 +144,8 @@ BAD_CASES = [
     pytest.param(fields(meta="[1, 2]"), {}, "meta", "must be a JSON object", id="meta-json-list"),
     pytest.param(fields(meta=[1, 2]), {}, "meta", "must be a JSON object", id="meta-native-list"),
     pytest.param(fields(meta="42"), {}, "meta", "must be a JSON object", id="meta-number"),
+    pytest.param(fields(meta='{"n": 123456789012345678901}'), {}, "meta", "beyond 64 bits", id="meta-huge-int-text"),
+    pytest.param(fields(meta={"n": [1, -(2**64)]}), {}, "meta", "send it as a string", id="meta-huge-int-native"),
     pytest.param(fields(meta="null"), {}, "meta", "must be a JSON object", id="meta-null-text"),
     pytest.param(fields(meta=meta_of_size(MAX_META_BYTES + 1)), {}, "meta", "4097 bytes", id="meta-4097-bytes"),
     pytest.param(fields(meta={"k": "x" * 5000}), {}, "meta", "bytes", id="meta-large-object"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import arq.utils
 
@@ -41,6 +42,10 @@ async def test_a_job_queued_by_this_process_starts_here_at_once_while_a_slot_is_
         await release.wait()
 
     worker.run_job = run_job  # type: ignore[method-assign]
+    await queue.poll("suno", "default", "c1", ["t0"])  # before its first look at the queue: not running yet
+    assert not ran and worker.job_ready.is_set()
+    worker.accepting = True  # as its first look at the queue does (and it clears the wake-up)
+    worker.job_ready.clear()
     await queue.poll("suno", "default", "c2", ["t1"])
     await asyncio.sleep(0)
     assert ran == [f"{jobs.POLL_JOB}:c2"] and not worker.job_ready.is_set()
@@ -53,4 +58,6 @@ async def test_a_job_queued_by_this_process_starts_here_at_once_while_a_slot_is_
     release.set()
     await asyncio.gather(*worker.tasks.values())
     assert worker.job_counter == 0  # the slot came back when the job ended
+    worker.handle_sig(signal.SIGTERM)  # stopping: a job queued now is left to a running worker
+    assert not await worker.reserve_slot()
     await pool.aclose(close_connection_pool=True)

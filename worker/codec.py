@@ -15,13 +15,15 @@ import orjson
 def dumps(value: Any) -> bytes:
     """``value`` as compact JSON.
 
-    orjson refuses an integer past 64 bits or a dict key that is not a string; ``json`` writes those
-    (a user's ``meta`` may hold either), so nothing that ``json`` can write is refused here.
+    orjson refuses a dict key that is not a string (a Python caller's ``meta`` may hold one), an
+    integer past 64 bits and a lone surrogate in a string (``\\ud83d``, from text cut between the
+    halves of an emoji); ``json`` writes those, the last one escaped, so nothing that ``json`` can
+    write is refused here.
     """
     try:
         return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def loads(data: bytes | str) -> Any:
@@ -40,6 +42,7 @@ def loads(data: bytes | str) -> Any:
 
 
 def _int64(text: str) -> int | float:
-    # as orjson reads a larger integer (a float), so that ``dumps`` can write it back
+    # as orjson reads a larger integer (a float): the same answer reads the same either way. Intake
+    # refuses a larger integer in ``meta``, so no stored value changes on its way back
     number = int(text)
     return number if -(2**63) <= number < 2**64 else float(number)

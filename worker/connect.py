@@ -47,16 +47,15 @@ def fast_packing(client: aioredis.Redis) -> aioredis.Redis:
     return client
 
 
-async def adopt_fast_packing(client: aioredis.Redis) -> None:
+def adopt_fast_packing(client: aioredis.Redis) -> None:
     """``fast_packing`` for a client already in use: arq makes its pools and pings them before a
-    worker's start-up hook runs. Its open connections are closed and dropped; the next command
-    opens one that packs with hiredis."""
+    worker's start-up hook runs. The connections it holds are given the packing class in place
+    (it only changes how a command is packed, so no I/O and nothing in flight is disturbed)."""
     pool = client.connection_pool
-    if issubclass(pool.connection_class, HiredisPacking):
-        return
     fast_packing(client)
-    await pool.disconnect()
-    pool.reset()  # type: ignore[no-untyped-call]
+    held = [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]
+    for connection in held:
+        connection.__class__ = packing_class(type(connection))
 
 
 def create_redis(url: str) -> aioredis.Redis:

@@ -97,7 +97,20 @@ def check_meta(value: Any) -> dict[str, Any] | None:
         raise InvalidInput("meta", "meta must be plain JSON (no NaN or Infinity)") from e
     if size > MAX_META_BYTES:
         raise InvalidInput("meta", f"meta is {size} bytes; keep it under {MAX_META_BYTES} bytes")
+    if _has_huge_int(value):
+        # JSON readers (acetrack's included) read one as a rounded float: it would not come back as sent
+        raise InvalidInput("meta", "meta holds an integer beyond 64 bits; send it as a string")
     return value
+
+
+def _has_huge_int(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return not -(2**63) <= value < 2**64
+    if isinstance(value, dict):
+        return any(map(_has_huge_int, value.values()))
+    if isinstance(value, list | tuple):
+        return any(map(_has_huge_int, value))
+    return False
 
 
 def check_token(name: Any, known: Collection[str] | None) -> str:

@@ -250,7 +250,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     """arq ``on_startup`` of both queues' workers: the first builds the runtime and starts the loops."""
     runtime = _runtime(ctx)
     runtime.users += 1
-    await adopt_fast_packing(ctx["redis"])  # each queue's worker has its own pool
+    adopt_fast_packing(ctx["redis"])  # each queue's worker has its own pool
     if runtime.scheduler is not None:
         return
     _build(runtime, ctx)
@@ -425,11 +425,24 @@ class ResilientWorker(arq.worker.Worker):
         self.job_ready = asyncio.Event()
         self.ctx.setdefault("local_workers", {})[self.queue_name] = self
         self._start_script: AsyncScript | None = None
+        #: runs jobs handed to it (``run_local``): from its first look at the queue (its pool is
+        #: ready, its start-up done) until it is told to stop or its main loop ends
+        self.accepting = False
+
+    async def main(self) -> None:
+        try:
+            await super().main()
+        finally:
+            self.accepting = False
+
+    def handle_sig(self, signum: signal.Signals) -> None:
+        self.accepting = False  # a job queued from now on waits in the queue for a running worker
+        super().handle_sig(signum)
 
     async def reserve_slot(self) -> bool:
         """Take a job slot for a job this process queues and starts itself (``run_local``); False
         when all are taken (the job then waits in the queue for a slot here or elsewhere)."""
-        if self.sem.locked() or self.job_counter >= self.max_jobs:
+        if not self.accepting or self.sem.locked() or self.job_counter >= self.max_jobs:
             return False
         await self.sem.acquire()  # not locked: returns at once
         self.job_counter += 1
@@ -492,6 +505,7 @@ class ResilientWorker(arq.worker.Worker):
         return True
 
     async def _poll_iteration(self) -> None:
+        self.accepting = True
         await self._wait_for_work()
         self.job_ready.clear()  # before the read: a job enqueued during it wakes the next one
         try:

@@ -8,6 +8,7 @@ the same (``tests/test_connect.py`` checks them against redis-py's own packer).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -58,18 +59,36 @@ def adopt_fast_packing(client: aioredis.Redis) -> None:
         connection.__class__ = packing_class(type(connection))
 
 
+@dataclass(frozen=True)
+class SentinelUrl:
+    """The parts of ``redis+sentinel://[:password@]host:port[,host:port]/service_name[/db]``."""
+
+    nodes: list[tuple[str, int]]
+    service_name: str
+    db: int
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelUrl | None:
+        """The parts of a Sentinel URL; None for any other scheme."""
+        parts = urlsplit(url)
+        if parts.scheme != "redis+sentinel":
+            return None
+        nodes = []
+        for node in parts.netloc.split("@")[-1].split(","):
+            host, _, port = node.partition(":")
+            nodes.append((host, int(port or 26379)))
+        path = [p for p in parts.path.split("/") if p]
+        return cls(nodes, path[0], int(path[1]) if len(path) > 1 else 0, parts.password)
+
+
 def create_redis(url: str) -> aioredis.Redis:
     """A ``decode_responses`` client for ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URLs."""
-    parts = urlsplit(url)
-    if parts.scheme != "redis+sentinel":
+    sentinel_url = SentinelUrl.parse(url)
+    if sentinel_url is None:
         return fast_packing(aioredis.Redis.from_url(url, decode_responses=True))
-    nodes = []
-    for node in parts.netloc.split("@")[-1].split(","):
-        host, _, port = node.partition(":")
-        nodes.append((host, int(port or 26379)))
-    path = [p for p in parts.path.split("/") if p]
-    sentinel = Sentinel(nodes, decode_responses=True)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(sentinel_url.nodes, decode_responses=True)  # type: ignore[no-untyped-call]
     master: aioredis.Redis = sentinel.master_for(
-        path[0], db=int(path[1]) if len(path) > 1 else 0, password=parts.password
+        sentinel_url.service_name, db=sentinel_url.db, password=sentinel_url.password
     )
     return fast_packing(master)

@@ -8,14 +8,12 @@ serialised as JSON, never pickle.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import arq.utils
@@ -29,12 +27,12 @@ from arq.worker import func
 from redis.commands.core import AsyncScript
 
 from config import Settings
+from worker import codec, metrics, webhooks
 from worker import hooks as hooks_mod
-from worker import metrics, webhooks
 from worker.api import UpstreamClient
 from worker.classify import Policy
 from worker.clock import Clock, system_clock
-from worker.connect import adopt_fast_packing, create_redis
+from worker.connect import SentinelUrl, adopt_fast_packing, create_redis
 from worker.errors import ConfigError
 from worker.hooks import WEBHOOK_PREFIX
 from worker.polling import Poller
@@ -81,28 +79,26 @@ DELIVER_TIMEOUT_S = 60
 
 def serialize(data: dict[str, Any]) -> bytes:
     """arq job serializer: JSON (other languages can read the queue; nothing is unpickled)."""
-    return json.dumps(data, separators=(",", ":")).encode()
+    return codec.dumps(data)
 
 
 def deserialize(raw: bytes) -> dict[str, Any]:
     """arq job deserializer."""
-    data: dict[str, Any] = json.loads(raw)
+    data: dict[str, Any] = codec.loads(raw)
     return data
 
 
 def redis_settings(url: str) -> RedisSettings:
     """arq's connection settings from a ``redis://``, ``rediss://`` or ``redis+sentinel://`` URL."""
-    parts = urlsplit(url)
-    if parts.scheme != "redis+sentinel":
+    sentinel_url = SentinelUrl.parse(url)
+    if sentinel_url is None:
         return RedisSettings.from_dsn(url)
-    nodes = [(n.partition(":")[0], int(n.partition(":")[2] or 26379)) for n in parts.netloc.split("@")[-1].split(",")]
-    path = [p for p in parts.path.split("/") if p]
     return RedisSettings(
-        host=nodes,
+        host=sentinel_url.nodes,
         sentinel=True,
-        sentinel_master=path[0],
-        database=int(path[1]) if len(path) > 1 else 0,
-        password=parts.password,
+        sentinel_master=sentinel_url.service_name,
+        database=sentinel_url.db,
+        password=sentinel_url.password,
     )
 
 
@@ -143,17 +139,17 @@ class ArqJobQueue:
         job_id, now_ms = f"{POLL_JOB}:{claim_id}", arq.utils.timestamp_ms()
         job = serialize_job(POLL_JOB, (service, token, claim_id, list(ids)), {}, None, now_ms, serializer=serialize)
         worker = self.local.get(self.queue_name)
-        slot = worker is not None and await worker.reserve_slot()
+        runner = worker if worker is not None and await worker.reserve_slot() else None
         keys = [job_key_prefix + job_id, self.queue_name, in_progress_key_prefix + job_id]
-        start_ms = int(worker.in_progress_timeout_s * 1000) if worker is not None and slot else 0
+        start_ms = int(runner.in_progress_timeout_s * 1000) if runner is not None else 0
         try:
             await self._queue_script(keys=keys, args=[job, job_id, now_ms, self.poll_expiry_ms, start_ms])
         except BaseException:
-            if worker is not None and slot:
-                worker.release_slot()
+            if runner is not None:
+                runner.release_slot()
             raise
-        if worker is not None and slot:
-            worker.run_local(job_id, now_ms)
+        if runner is not None:
+            runner.run_local(job_id, now_ms)
         else:
             self._wake(self.queue_name)
 

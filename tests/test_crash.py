@@ -443,11 +443,11 @@ class Run:
         return sum(int(c["pending"]) for c in consumers if f"-{proc.pid}-" in c["name"])
 
     async def classify(self, kill: Kill) -> None:
-        """A claim still held unchanged with its poll job still in progress died with the victim (a live
-        worker's poll ends within SIM_LATENCY_S); likewise a webhook try still marked as sending."""
+        """A claim still held unchanged CLASSIFY_AFTER_S after the kill died with the victim: a live worker's
+        poll ends within SIM_LATENCY_S, and a lease (LEASE_S) outlasts the wait; likewise a webhook try still
+        marked as sending."""
         for task_id, claim in kill.claims.items():
-            same = await self.client.hget(self.store.task_key("suno", task_id), "claim") == claim
-            if same and await self.client.exists(f"arq:in-progress:poll:{claim}"):
+            if await self.client.hget(self.store.task_key("suno", task_id), "claim") == claim:
                 kill.orphans.add(task_id)
         now = await self.sending()
         cut = {(d, since) for d, since in kill.sending.items() if now.get(d) == since} - self.cut_seen

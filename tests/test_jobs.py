@@ -1,11 +1,14 @@
-"""The arq wiring: a poll job starts once, and only while it is queued and due."""
+"""The arq wiring: a queued poll starts once, while queued and due; a poll of this process runs here."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 import arq.utils
+from arq.constants import job_key_prefix
+from arq.worker import func
 
 from conftest import Backend, fast_settings
 from worker import jobs
@@ -29,35 +32,68 @@ async def test_a_job_starts_once_and_only_while_queued_and_due(backend: Backend)
     await pool.aclose(close_connection_pool=True)
 
 
-async def test_a_job_queued_by_this_process_starts_here_at_once_while_a_slot_is_free(backend: Backend) -> None:
+async def test_a_poll_of_this_process_runs_here_without_the_queue_while_a_slot_is_free(backend: Backend) -> None:
     pool = backend.make_arq_pool()
     kwargs = jobs.build_worker_settings(fast_settings("http://127.0.0.1:9"), redis_pool=pool, store_redis=backend.redis)
-    worker = jobs.ResilientWorker(**{**kwargs, "max_jobs": 1}, handle_signals=False)
-    queue = jobs.ArqJobQueue(pool, kwargs["queue_name"], "unused", kwargs["ctx"]["local_workers"])
-    ran: list[str] = []
+    ran: list[tuple[str, list[str]]] = []
     release = asyncio.Event()
 
-    async def run_job(job_id: str, score: int) -> None:
-        ran.append(job_id)
+    async def poll(ctx: dict[str, Any], service: str, token: str, claim_id: str, ids: list[str]) -> int:
+        ran.append((claim_id, ids))
         await release.wait()
+        if claim_id == "c4":
+            raise RuntimeError("upstream parser bug")
+        return len(ids)
 
-    worker.run_job = run_job  # type: ignore[method-assign]
-    await queue.poll("suno", "default", "c1", ["t0"])  # before its first look at the queue: not running yet
+    functions = [func(poll, name=jobs.POLL_JOB, timeout=5)]
+    worker = jobs.ResilientWorker(**{**kwargs, "max_jobs": 1, "functions": functions}, handle_signals=False)
+    queue = jobs.ArqJobQueue(pool, kwargs["queue_name"], "unused", kwargs["ctx"]["local_workers"])
+    await queue.poll("suno", "default", "c1", ["t0"])  # before its first look at the queue: queued, not run
     assert not ran and worker.job_ready.is_set()
+    assert await pool.zscore(kwargs["queue_name"], f"{jobs.POLL_JOB}:c1") is not None
     worker.accepting = True  # as its first look at the queue does (and it clears the wake-up)
     worker.job_ready.clear()
-    await queue.poll("suno", "default", "c2", ["t1"])
+    await queue.poll("suno", "default", "c2", ["t1", "t2"])
     await asyncio.sleep(0)
-    assert ran == [f"{jobs.POLL_JOB}:c2"] and not worker.job_ready.is_set()
-    # started in the same round trip: marked in progress, so no other worker's read starts it again
-    assert await worker._start_job(f"{jobs.POLL_JOB}:c2") is None
-    await queue.poll("suno", "default", "c3", ["t2"])  # the only slot is taken: it waits in the queue
+    assert ran == [("c2", ["t1", "t2"])] and not worker.job_ready.is_set()
+    # run here: no job key and no queue entry another worker could start again
+    assert not await pool.exists(job_key_prefix + f"{jobs.POLL_JOB}:c2")
+    assert await pool.zscore(kwargs["queue_name"], f"{jobs.POLL_JOB}:c2") is None
+    await queue.poll("suno", "default", "c3", ["t3"])  # the only slot is taken: it waits in the queue
     await asyncio.sleep(0)
-    assert ran == [f"{jobs.POLL_JOB}:c2"] and worker.job_ready.is_set()
+    assert len(ran) == 1 and worker.job_ready.is_set()
     assert await pool.zscore(kwargs["queue_name"], f"{jobs.POLL_JOB}:c3") is not None
     release.set()
     await asyncio.gather(*worker.tasks.values())
-    assert worker.job_counter == 0  # the slot came back when the job ended
+    assert worker.job_counter == 0 and worker.jobs_complete == 1  # the slot came back when the job ended
+    await queue.poll("suno", "default", "c4", ["t4"])  # a job that raises: counted, logged, slot back
+    await asyncio.gather(*worker.tasks.values())
+    assert worker.job_counter == 0 and worker.jobs_failed == 1
     worker.handle_sig(signal.SIGTERM)  # stopping: a job queued now is left to a running worker
     assert not await worker.reserve_slot()
+    await pool.aclose(close_connection_pool=True)
+
+
+async def test_a_poll_run_here_is_cancelled_on_stop_and_ends_quietly(backend: Backend) -> None:
+    pool = backend.make_arq_pool()
+    kwargs = jobs.build_worker_settings(fast_settings("http://127.0.0.1:9"), redis_pool=pool, store_redis=backend.redis)
+    stopped: list[str] = []
+
+    async def poll(ctx: dict[str, Any], service: str, token: str, claim_id: str, ids: list[str]) -> int:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stopped.append(claim_id)
+            raise
+        return 0
+
+    worker = jobs.ResilientWorker(**{**kwargs, "functions": [func(poll, name=jobs.POLL_JOB)]}, handle_signals=False)
+    queue = jobs.ArqJobQueue(pool, kwargs["queue_name"], "unused", kwargs["ctx"]["local_workers"])
+    worker.accepting = True
+    await queue.poll("suno", "default", "c1", ["t1"])
+    await asyncio.sleep(0)
+    worker.handle_sig(signal.SIGTERM)
+    results = await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    assert stopped == ["c1"] and results == [None]  # ended, not re-raised into arq's reap of finished tasks
+    assert worker.job_counter == 0 and worker.jobs_retried == 1
     await pool.aclose(close_connection_pool=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,14 +52,12 @@ BUSY_TICK_S = 0.1
 #: bounds how long a job waits whose own worker is full or died before starting it (each look is
 #: a Redis round trip and a wake-up, a few tenths of a ms of CPU on a small VM)
 IDLE_TICK_S = 5.0
-#: a poll job written as ``enqueue_job`` writes it, and started at once (its in-progress key set)
-#: when this process's worker has a free slot, in one round trip.
-#: KEYS: 1 job key, 2 queue, 3 in-progress key; ARGV: 1 job, 2 job id, 3 score ms, 4 job expiry ms,
-#: 5 in-progress timeout ms (0: leave the job to a worker's read of the queue).
+#: a poll job written as ``enqueue_job`` writes it, in one round trip where ``enqueue_job`` takes
+#: three (WATCH, EXISTS, MULTI/EXEC) to refuse an existing job id: a claim id is new by construction.
+#: KEYS: 1 job key, 2 queue; ARGV: 1 job, 2 job id, 3 score ms, 4 job expiry ms.
 QUEUE_JOB_LUA = """
 redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-if tonumber(ARGV[5]) > 0 then redis.call('PSETEX', KEYS[3], ARGV[5], '1') end
 return 1
 """
 #: arq's start of one job, atomic in one round trip where arq takes four (WATCH, EXISTS, ZSCORE,
@@ -127,31 +125,25 @@ class ArqJobQueue:
             worker.job_ready.set()
 
     async def poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> None:
-        """Queue one batch poll, and start it here at once if this process's worker has a free slot,
-        in one round trip (``QUEUE_JOB_LUA``).
+        """Run one batch poll here at once if this process's worker has a free slot, else queue it
+        for whichever worker has one.
 
-        ``enqueue_job`` takes three (WATCH, EXISTS, then MULTI/EXEC) to refuse a job id that exists;
-        a claim id is new by construction, so the job is written as ``enqueue_job`` writes it, with
-        arq's own serialisation and keys; a worker's read of the queue then takes two more to find
-        and start it. It expires with the claim's lease: by then its ids are due again and claimed
-        anew, so a job that could not start in time is not worth running.
+        A poll run here writes nothing to the job queue: its claim's lease already covers a worker
+        that dies mid-poll (the ids fall due again and are claimed anew), so arq's job keys would
+        buy nothing and cost three round trips per batch (write, read, finish). A queued job
+        expires with the lease: by then its ids are due again, so a job that could not start in
+        time is not worth running.
         """
-        job_id, now_ms = f"{POLL_JOB}:{claim_id}", arq.utils.timestamp_ms()
-        job = serialize_job(POLL_JOB, (service, token, claim_id, list(ids)), {}, None, now_ms, serializer=serialize)
+        job_id, args = f"{POLL_JOB}:{claim_id}", (service, token, claim_id, list(ids))
         worker = self.local.get(self.queue_name)
-        runner = worker if worker is not None and await worker.reserve_slot() else None
-        keys = [job_key_prefix + job_id, self.queue_name, in_progress_key_prefix + job_id]
-        start_ms = int(runner.in_progress_timeout_s * 1000) if runner is not None else 0
-        try:
-            await self._queue_script(keys=keys, args=[job, job_id, now_ms, self.poll_expiry_ms, start_ms])
-        except BaseException:
-            if runner is not None:
-                runner.release_slot()
-            raise
-        if runner is not None:
-            runner.run_local(job_id, now_ms)
-        else:
-            self._wake(self.queue_name)
+        if worker is not None and await worker.reserve_slot():
+            worker.run_direct(job_id, POLL_JOB, args)
+            return
+        now_ms = arq.utils.timestamp_ms()
+        job = serialize_job(POLL_JOB, args, {}, None, now_ms, serializer=serialize)
+        keys = [job_key_prefix + job_id, self.queue_name]
+        await self._queue_script(keys=keys, args=[job, job_id, now_ms, self.poll_expiry_ms])
+        self._wake(self.queue_name)
 
     async def deliver(self, delivery_id: str, due_ms: int) -> None:
         """Queue one try of a delivery; the same try handed over twice (same due time) runs once."""
@@ -421,7 +413,7 @@ class ResilientWorker(arq.worker.Worker):
         self.job_ready = asyncio.Event()
         self.ctx.setdefault("local_workers", {})[self.queue_name] = self
         self._start_script: AsyncScript | None = None
-        #: runs jobs handed to it (``run_local``): from its first look at the queue (its pool is
+        #: runs jobs handed to it (``run_direct``): from its first look at the queue (its pool is
         #: ready, its start-up done) until it is told to stop or its main loop ends
         self.accepting = False
 
@@ -436,7 +428,7 @@ class ResilientWorker(arq.worker.Worker):
         super().handle_sig(signum)
 
     async def reserve_slot(self) -> bool:
-        """Take a job slot for a job this process queues and starts itself (``run_local``); False
+        """Take a job slot for a job this process runs without the queue (``run_direct``); False
         when all are taken (the job then waits in the queue for a slot here or elsewhere)."""
         if not self.accepting or self.sem.locked() or self.job_counter >= self.max_jobs:
             return False
@@ -444,13 +436,27 @@ class ResilientWorker(arq.worker.Worker):
         self.job_counter += 1
         return True
 
-    def release_slot(self) -> None:
-        """Give back a slot of ``reserve_slot`` (the job was not queued)."""
-        self._release_sem_dec_counter_on_complete()
+    def run_direct(self, job_id: str, name: str, args: tuple[Any, ...]) -> None:
+        """Run a job in a slot of ``reserve_slot``, as arq would run it but without its Redis keys:
+        same function, timeout, counters and cancellation on stop."""
+        self._track(job_id, self._run_direct(job_id, name, args))
 
-    def run_local(self, job_id: str, score: int) -> None:
-        """Run a job whose slot and in-progress key are taken, as arq's ``start_jobs`` does."""
-        task = self.loop.create_task(self.run_job(job_id, score))
+    async def _run_direct(self, job_id: str, name: str, args: tuple[Any, ...]) -> None:
+        function = self.functions[name]
+        try:
+            async with asyncio.timeout(function.timeout_s):
+                await function.coroutine({**self.ctx, "job_id": job_id, "job_try": 1}, *args)
+            self.jobs_complete += 1
+        except asyncio.CancelledError:
+            # a stopping worker cancels its jobs; like arq's own, the job ends here (its claims
+            # went back in ``poll_batch``), so the reap of finished tasks does not re-raise it
+            self.jobs_retried += 1
+        except Exception:
+            self.jobs_failed += 1
+            logger.exception("job %s failed", job_id)
+
+    def _track(self, job_id: str, job: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(job)
         task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
         self.tasks[job_id] = task
 
@@ -471,7 +477,7 @@ class ResilientWorker(arq.worker.Worker):
             if score is None:  # started or finished elsewhere, or queued again for later
                 self._release_sem_dec_counter_on_complete()
                 continue
-            self.run_local(job_id, score)
+            self._track(job_id, self.run_job(job_id, score))
 
     async def _start_job(self, job_id: str) -> int | None:
         if self._start_script is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -22,8 +21,8 @@ class Recorder:
         self.polls: list[list[str]] = []
         self.deliveries: list[str] = []
 
-    async def poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> None:
-        self.polls.append(list(ids))
+    async def poll(self, service: str, token: str, claimed: Claimed) -> None:
+        self.polls.append(list(claimed.ids))
 
     async def deliver(self, delivery_id: str, due_ms: int) -> None:
         self.deliveries.append(delivery_id)

@@ -55,6 +55,18 @@ async def test_claims_are_exclusive_until_the_lease_ends(backend: Backend) -> No
     assert isinstance(third, tuple) and sorted(third[1]) == ["t0", "t1", "t2"]
 
 
+async def test_a_claim_reads_what_its_poll_needs_in_the_same_step(backend: Backend) -> None:
+    store = backend.store()
+    for i in range(3):
+        await register(store, f"t{i}", meta={"n": i})
+    # t2 finished elsewhere while still due (a race the poll must skip): claimed, but not pending
+    await backend.redis.hset(store.task_key("suno", "t2"), "state", "succeeded")
+    got = await store.claim("suno", "default", NOW_MS + 3000, **CLAIM)
+    assert isinstance(got, tuple) and sorted(got.ids) == ["t0", "t1", "t2"] and got.pending is not None
+    assert got.pending == await store.load_pending("suno", got.ids)
+    assert sorted(got.pending) == ["t0", "t1"] and got.pending["t1"].record.meta == {"n": 1}
+
+
 async def test_claim_takes_ids_due_within_the_coalesce_window(backend: Backend) -> None:
     store = backend.store()
     await register(store, "now")

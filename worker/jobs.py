@@ -37,7 +37,7 @@ from worker.errors import ConfigError
 from worker.hooks import WEBHOOK_PREFIX
 from worker.polling import Poller
 from worker.scheduler import MAX_OUTAGE_SLEEP_S, Cadence, Scheduler
-from worker.store import REDIS_DOWN, Store
+from worker.store import REDIS_DOWN, Claimed, PendingTask, Store
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class ArqJobQueue:
         if worker is not None:
             worker.job_ready.set()
 
-    async def poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> None:
+    async def poll(self, service: str, token: str, claimed: Claimed) -> None:
         """Run one batch poll here at once if this process's worker has a free slot, else queue it
         for whichever worker has one.
 
@@ -132,12 +132,13 @@ class ArqJobQueue:
         that dies mid-poll (the ids fall due again and are claimed anew), so arq's job keys would
         buy nothing and cost three round trips per batch (write, read, finish). A queued job
         expires with the lease: by then its ids are due again, so a job that could not start in
-        time is not worth running.
+        time is not worth running. A poll run here uses the tasks as the claim read them; a queued
+        one reads them when it starts.
         """
-        job_id, args = f"{POLL_JOB}:{claim_id}", (service, token, claim_id, list(ids))
+        job_id, args = f"{POLL_JOB}:{claimed.claim_id}", (service, token, claimed.claim_id, claimed.ids)
         worker = self.local.get(self.queue_name)
         if worker is not None and await worker.reserve_slot():
-            worker.run_direct(job_id, POLL_JOB, args)
+            worker.run_direct(job_id, POLL_JOB, args, {"pending": claimed.pending})
             return
         now_ms = arq.utils.timestamp_ms()
         job = serialize_job(POLL_JOB, args, {}, None, now_ms, serializer=serialize)
@@ -266,11 +267,18 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await runtime.metrics_runner.cleanup()
 
 
-async def poll_job(ctx: dict[str, Any], service: str, token: str, claim_id: str, ids: list[str]) -> int:
-    """Poll one claimed batch."""
+async def poll_job(
+    ctx: dict[str, Any],
+    service: str,
+    token: str,
+    claim_id: str,
+    ids: list[str],
+    pending: Mapping[str, PendingTask] | None = None,
+) -> int:
+    """Poll one claimed batch; ``pending`` (the tasks as the claim read them) only in a run here."""
     runtime = _runtime(ctx)
     assert runtime.poller is not None
-    return await runtime.poller.poll_batch(service, token, claim_id, ids)
+    return await runtime.poller.poll_batch(service, token, claim_id, ids, pending)
 
 
 async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
@@ -436,16 +444,16 @@ class ResilientWorker(arq.worker.Worker):
         self.job_counter += 1
         return True
 
-    def run_direct(self, job_id: str, name: str, args: tuple[Any, ...]) -> None:
+    def run_direct(self, job_id: str, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Run a job in a slot of ``reserve_slot``, as arq would run it but without its Redis keys:
-        same function, timeout, counters and cancellation on stop."""
-        self._track(job_id, self._run_direct(job_id, name, args))
+        same function, timeout, counters and cancellation on stop. ``kwargs`` need not serialise."""
+        self._track(job_id, self._run_direct(job_id, name, args, kwargs))
 
-    async def _run_direct(self, job_id: str, name: str, args: tuple[Any, ...]) -> None:
+    async def _run_direct(self, job_id: str, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         function = self.functions[name]
         try:
             async with asyncio.timeout(function.timeout_s):
-                await function.coroutine({**self.ctx, "job_id": job_id, "job_try": 1}, *args)
+                await function.coroutine({**self.ctx, "job_id": job_id, "job_try": 1}, *args, **kwargs)
             self.jobs_complete += 1
         except asyncio.CancelledError:
             # a stopping worker cancels its jobs; like arq's own, the job ends here (its claims

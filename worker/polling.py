@@ -118,17 +118,28 @@ class Poller:
     #: what each service's finished tasks teach, with when it was read (ms)
     _learned: dict[str, tuple[int, classify.Lifetimes]] = field(default_factory=dict)
 
-    async def poll_batch(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> int:
-        """Poll ``ids`` (claimed under ``claim_id``) with one ``retrieve_batch``; returns tasks finished."""
+    async def poll_batch(
+        self,
+        service: str,
+        token: str,
+        claim_id: str,
+        ids: Sequence[str],
+        pending: Mapping[str, PendingTask] | None = None,
+    ) -> int:
+        """Poll ``ids`` (claimed under ``claim_id``) with one ``retrieve_batch``; returns tasks finished.
+        ``pending``: the tasks as the claim read them (None: read them here)."""
         try:
-            return await self._poll(service, token, claim_id, ids)
+            return await self._poll(service, token, claim_id, ids, pending)
         except asyncio.CancelledError:
             # a stopping worker gives its claims back at once instead of waiting out the lease
             await asyncio.shield(self.store.release(service, token, claim_id, ids, self.clock()))
             raise
 
-    async def _poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> int:
-        pending = await self.store.load_pending(service, ids)
+    async def _poll(
+        self, service: str, token: str, claim_id: str, ids: Sequence[str], pending: Mapping[str, PendingTask] | None
+    ) -> int:
+        if pending is None:
+            pending = await self.store.load_pending(service, ids)
         if not pending:
             return 0
         try:
@@ -343,7 +354,7 @@ class Poller:
         finished = 0
         for part in (ids[:half], ids[half:]):
             await self._wait_for_budget(token)
-            finished += await self._poll(service, token, claim_id, part)
+            finished += await self._poll(service, token, claim_id, part, {i: pending[i] for i in part})
         return finished
 
     async def _wait_for_budget(self, token: str) -> None:

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,7 +25,7 @@ from worker.classify import first_poll_ms
 from worker.clock import Clock
 from worker.errors import InvalidInput
 from worker.intake import build_request
-from worker.store import REDIS_DOWN, Store
+from worker.store import REDIS_DOWN, Claimed, Store
 from worker.webhooks import screen
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ OUTBOX_BATCH = 200
 class JobQueue(Protocol):
     """Where the scheduler hands work; ``jobs`` implements it over arq."""
 
-    async def poll(self, service: str, token: str, claim_id: str, ids: Sequence[str]) -> None: ...
+    async def poll(self, service: str, token: str, claimed: Claimed) -> None: ...
 
     async def deliver(self, delivery_id: str, due_ms: int) -> None: ...
 
@@ -244,7 +244,7 @@ class Scheduler:
             if isinstance(got, int):
                 return now_ms + max(got, 1) if got >= 0 else None
             self.counters["claims"] += 1
-            await self.queue.poll(service, token, got.claim_id, got.ids)
+            await self.queue.poll(service, token, got)
             if got.next_ms != 0:  # a partial batch: the claim said when the next id falls due
                 return now_ms + max(got.next_ms, 1) if got.next_ms > 0 else None
 

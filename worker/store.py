@@ -43,7 +43,13 @@ RATE_HEADROOM = 1.02
 #: errors that mean Redis is (for now) unreachable, as opposed to a bug
 REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 SCRIPTS = ("register", "claim", "spend", "load", "touch", "update", "finish", "release", "take_outbox")
-EMITTING_SCRIPTS = frozenset({"update", "finish"})
+#: shared Lua preludes (``lua/_<name>.lua``) each script is prefixed with
+PRELUDES: dict[str, tuple[str, ...]] = {
+    "update": ("_events",),
+    "finish": ("_events",),
+    "claim": ("_rows",),
+    "load": ("_rows",),
+}
 
 
 #: where a listing stopped: (state, score, member) of its last row
@@ -57,6 +63,8 @@ class Claimed(NamedTuple):
     ids: list[str]
     #: 0: the batch is full, more may be due now; else ms until the next id falls due (-1: none left)
     next_ms: int = 0
+    #: the still-pending ones among ``ids`` as read in the claim (None: not read)
+    pending: dict[str, PendingTask] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,16 @@ def _pending(raw: str, sched: str) -> PendingTask:
     )
 
 
+def _pending_rows(ids: Sequence[str], rows: Sequence[Sequence[str | None]]) -> dict[str, PendingTask]:
+    """The still-pending tasks among ``ids`` from their ``pending_row``s (``lua/_rows.lua``)."""
+    out: dict[str, PendingTask] = {}
+    for task_id, (raw, state, sched, *old) in zip(ids, rows, strict=True):
+        sched = sched or _old_sched(*old)
+        if raw and sched and state == TaskState.PENDING.value:
+            out[task_id] = _pending(raw, sched)
+    return out
+
+
 def marks_text(marks: Sequence[Mark | None]) -> str:
     """Stage marks as stored: ``lo:hi`` per stage, comma separated, empty where not reached."""
     return ",".join(f"{m[0]}:{m[1]}" if m else "" for m in marks)
@@ -226,10 +244,8 @@ def _record_of(raw: str, sched: str | None) -> Record:
 
 
 def _load_script(name: str) -> str:
-    text = resources.files("worker").joinpath(f"lua/{name}.lua").read_text()
-    if name in EMITTING_SCRIPTS:
-        text = resources.files("worker").joinpath("lua/_events.lua").read_text() + "\n" + text
-    return text
+    parts = (*PRELUDES.get(name, ()), name)
+    return "\n".join(resources.files("worker").joinpath(f"lua/{part}.lua").read_text() for part in parts)
 
 
 @asynccontextmanager
@@ -495,7 +511,8 @@ class Store:
         reply = await self._scripts["claim"](keys=keys, args=args)
         if int(reply[0]) == 0:
             return int(reply[1])
-        return Claimed(claim_id, [str(i) for i in reply[2:]], int(reply[1]))
+        ids: list[str] = reply[2]
+        return Claimed(claim_id, ids, int(reply[1]), _pending_rows(ids, reply[3]))
 
     async def spend(self, token: str, now_ms: int, rate_rps: float) -> int:
         """Spend one extra request of the token's budget; 0 when spent, else ms to wait."""
@@ -507,12 +524,7 @@ class Store:
         """The still-pending tasks among ``ids`` with their scheduling fields."""
         ids = list(ids)
         rows = await self._scripts["load"](args=[self.task_prefix(service), *ids]) if ids else []
-        out: dict[str, PendingTask] = {}
-        for task_id, (raw, state, sched, *old) in zip(ids, rows, strict=True):
-            sched = sched or _old_sched(*old)
-            if raw and sched and state == TaskState.PENDING.value:
-                out[task_id] = _pending(raw, sched)
-        return out
+        return _pending_rows(ids, rows)
 
     def update_call(
         self,

@@ -8,9 +8,10 @@
 -- KEYS: 1 due zset, 2 backoff hash, 3 paused key, 4 rate key
 -- ARGV: 1 now_ms, 2 coalesce_ms, 3 lease_ms, 4 batch size, 5 claim id, 6 emission_ms,
 --       7 burst tolerance ms, 8 task key prefix ('{p}:task:{service}:'), 9 min_repoll_ms
--- Returns {1, next_ms, ids...} when claimed, else {0, wait_ms} (wait_ms -1: nothing is due at all).
+-- Returns {1, next_ms, ids, rows} when claimed, else {0, wait_ms} (wait_ms -1: nothing is due at all).
 -- next_ms: 0 when the batch is full (more may be due now), else the ms until the next id falls due
--- (-1: none left), so the claimer need not ask again to learn it.
+-- (-1: none left), so the claimer need not ask again to learn it. rows: each claimed id's
+-- pending_row (_rows.lua), so the poll need not read them in a round trip of its own.
 local now = tonumber(ARGV[1])
 local paused = redis.call('PTTL', KEYS[3])
 if paused > 0 then return {0, paused} end
@@ -29,9 +30,9 @@ local batch = tonumber(ARGV[4])
 local recent = now - tonumber(ARGV[9] or '0')
 local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now + tonumber(ARGV[2]), 'WITHSCORES', 'LIMIT', 0, batch * 2)
 local lease_until = now + tonumber(ARGV[3])
-local out = {1, 0}
+local ids, rows = {}, {}
 for i = 1, #found, 2 do
-  if #out > batch + 1 then break end
+  if #ids >= batch then break end
   local id = found[i]
   local take = tonumber(found[i + 1]) <= now
   if not take then
@@ -43,12 +44,14 @@ for i = 1, #found, 2 do
   if take then
     redis.call('ZADD', KEYS[1], lease_until, id)
     redis.call('HSET', ARGV[8] .. id, 'claim', ARGV[5])
-    out[#out + 1] = id
+    ids[#ids + 1] = id
+    rows[#rows + 1] = pending_row(ARGV[8] .. id)
   end
 end
-if #out <= batch + 1 then
+local next_ms = 0
+if #ids < batch then
   -- a partial batch took every id due now: the next claim finds something only at the next due time
   local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  out[2] = next_due[2] and math.max(1, tonumber(next_due[2]) - now) or -1
+  next_ms = next_due[2] and math.max(1, tonumber(next_due[2]) - now) or -1
 end
-return out
+return {1, next_ms, ids, rows}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
 from tests.conftest import Backend
+from worker.classify import first_poll_ms
 from worker.intake import EnqueueRequest
-from worker.scheduler import CLAIM_IDLE_S, CLAIM_MIN_IDLE_S, CLAIM_SLACK_MS, Cadence, Scheduler
+from worker.scheduler import CLAIM_IDLE_S, CLAIM_MIN_IDLE_S, CLAIM_SLACK_MS, INTAKE_BLOCK_MS, Cadence, Scheduler
 from worker.store import Claimed, Store
 
 NOW_MS = 1_700_000_000_000
@@ -108,3 +111,60 @@ async def test_the_outbox_loop_sleeps_until_its_soonest_delivery(backend: Backen
 )
 def test_the_claim_loop_wakes_before_a_new_tasks_first_poll(first_poll_s: float, idle_s: float) -> None:
     assert Cadence.idle_ms_for(first_poll_s) == int(idle_s * 1000)
+
+
+async def next_wake(wakes: AsyncIterator[tuple[str, str, int]]) -> tuple[str, str, int]:
+    return await asyncio.wait_for(anext(wakes), 5.0)
+
+
+async def test_a_registration_no_claim_loop_expects_is_announced_on_the_wake_channel(backend: Backend) -> None:
+    store = backend.store()
+    async with store.wakes() as wakes:
+        await register(store, "first", 3)  # the first task of a new queue
+        assert await next_wake(wakes) == ("suno", "default", first_poll_ms(NOW_MS, 3))
+        await register(store, "later", 9)  # the claim loop looks at NOW+3 s and learns of it then: not announced
+        await register(store, "sooner", 1)
+        await store.register(EnqueueRequest("suno", "b1", token="backup"), NOW_MS, deadline_s=600, first_poll_s=5)
+        # in order: "later" was not announced, "sooner" and the new queue's first task were
+        assert await next_wake(wakes) == ("suno", "default", first_poll_ms(NOW_MS, 1))
+        assert await next_wake(wakes) == ("suno", "backup", first_poll_ms(NOW_MS, 5))
+
+
+async def test_the_wakes_loop_wakes_the_claim_loop_for_another_processs_registration(backend: Backend) -> None:
+    store = backend.store()
+    await register(store, "old", 30)
+    clock_ms = [NOW_MS]
+    sched, _ = scheduler(store, clock_ms, claim_idle_ms=250)
+    assert sched.claim_idle_ms == 250  # not subscribed: short looks find other processes' tasks
+    assert await sched.claim_step() == pytest.approx(0.25)
+    follower = asyncio.create_task(sched.wakes_step())
+    try:
+        await wait_until(lambda: sched._subscribed)
+        # subscribed: what was registered before is looked for at once, then looks are CLAIM_IDLE_S apart
+        assert sched.claim_idle_ms == int(CLAIM_IDLE_S * 1000) and sched._claim_at_ms == NOW_MS
+        assert await sched.claim_step() == pytest.approx(CLAIM_IDLE_S)
+        await store.register(EnqueueRequest("suno", "new", token="backup"), NOW_MS, deadline_s=600, first_poll_s=0.6)
+        due_ms = first_poll_ms(NOW_MS, 0.6)
+        await wait_until(lambda: sched._claim_at_ms == due_ms)
+        assert ("suno", "backup") in sched._queues  # a new queue, known without reading the list again
+        assert await sched.claim_step() == pytest.approx((due_ms - NOW_MS) / 1000)  # sleeps until that task is due
+    finally:
+        await sched.stop()
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+    assert not sched._subscribed and sched.claim_idle_ms == 250
+
+
+async def test_stop_does_not_wait_out_blocked_reads(backend: Backend) -> None:
+    sched, _ = scheduler(backend.store(), [NOW_MS])
+    await sched.start()
+    await wait_until(lambda: sched._subscribed)
+    await asyncio.sleep(0.05)  # intake is blocked in its read (INTAKE_BLOCK_MS), wakes in its own
+    await asyncio.wait_for(sched.stop(), INTAKE_BLOCK_MS / 2000)
+    assert not sched._tasks
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.005)

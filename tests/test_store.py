@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from conftest import RECORD_FIELDS, Backend
+from worker import store as store_mod
 from worker.classify import fail
 from worker.events import build_events
 from worker.intake import EnqueueRequest
@@ -264,3 +267,21 @@ async def test_a_batch_of_writes_after_the_server_lost_its_scripts_runs_each_wri
     assert await backend.redis.zscore(store.due_key("suno", "default"), "t1") == NOW_MS + 9000
     assert await backend.redis.xlen(store.events_key) == 1  # the terminal event once, not once per try
     assert await store.run_calls(calls) == [False, False]  # the claim was used up; t2 is finished
+
+
+async def test_the_wake_channel_pings_when_silent_and_gives_up_on_a_server_that_does_not_answer(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_mod, "WAKE_READ_S", 0.05)
+    store = backend.store()
+    async with store.wakes() as wakes:
+        waiting = asyncio.ensure_future(anext(wakes))
+        await asyncio.sleep(0.3)  # silent for 6 reads: each PING answered, still following
+        assert not waiting.done()
+        await register(store, "t1")
+        assert (await asyncio.wait_for(waiting, 5.0))[:2] == ("suno", "default")
+        if backend.kind == "real":  # a server that stops answering (fakeredis cannot pause)
+            await backend.redis.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+            with pytest.raises(RedisConnectionError, match="no answer on the wake channel"):
+                await asyncio.wait_for(anext(wakes), 5.0)
+            await backend.redis.execute_command("CLIENT", "UNPAUSE")

@@ -4,9 +4,11 @@ Engine-neutral: jobs are handed to a ``JobQueue`` (arq behind it, see ``jobs``).
 survives a bad iteration and stops on an ``asyncio.Event``. The loops wait for work rather than
 poll for it, since every look is a Redis round trip and a wake-up: the claim loop sleeps exactly
 until the soonest known due time, which this worker's own polls and registrations move earlier
-(``expect``); the outbox loop sleeps until its soonest delivery and is woken by this worker's
-polls; intake blocks on the stream. ``CLAIM_IDLE_S`` and ``OUTBOX_IDLE_S`` bound only how long
-work written by another process (a producer's direct enqueue, a replay) waits to be seen.
+(``expect``), and so does a registration by another process that no claim loop expects (the wake
+channel, followed by the wakes loop); the outbox loop sleeps until its soonest delivery and is
+woken by this worker's polls; intake blocks on the stream. ``CLAIM_IDLE_S`` and
+``OUTBOX_IDLE_S`` bound only how long work written elsewhere (a due time another worker set before
+it died, a replay) waits to be seen.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from worker import metrics
 from worker.classify import first_poll_ms
@@ -30,10 +33,12 @@ from worker.webhooks import screen
 
 logger = logging.getLogger(__name__)
 
-#: longest sleep between claims when nothing is known to fall due sooner: a task registered
-#: by another process (the HTTP API, ``Tracker.enqueue``) is seen at most this late. Workers
-#: use less when ``ACETRACK_FIRST_POLL_S`` is short (``Cadence.claim_idle_ms``), so such a task
-#: is seen before its first poll falls due.
+#: longest sleep between claims when nothing is known to fall due sooner, while the wake channel
+#: is followed: it bounds how late a due time set by a worker that died is seen. Unsubscribed
+#: (Redis just came back), a task registered by another process (the HTTP API,
+#: ``Tracker.enqueue``) is seen only by such a look: workers then look more often when
+#: ``ACETRACK_FIRST_POLL_S`` is short (``Cadence.claim_idle_ms``), so it is seen before its first
+#: poll falls due.
 CLAIM_IDLE_S = 1.0
 CLAIM_MIN_IDLE_S = 0.1
 #: a claim loop woken this close to its plan claims (a timer may fire a few ms early)
@@ -42,10 +47,13 @@ CLAIM_SLACK_MS = 5
 #: polls wake it at once (``nudge``), so this bounds only a delivery queued by another process
 #: (a replay from the HTTP API or the CLI)
 OUTBOX_IDLE_S = 5.0
-#: intake blocks this long on an empty stream (a new entry ends the wait at once)
-INTAKE_BLOCK_MS = 1000
-#: how long the list of (service, token) queues is reused before it is read again
+#: intake blocks this long on an empty stream (a new entry ends the wait at once; ``stop`` too)
+INTAKE_BLOCK_MS = 5000
+#: how long the list of (service, token) queues is reused before it is read again; while the
+#: wake channel is followed, a new queue's first task is announced on it, so the list is read
+#: only as a safety net
 QUEUES_TTL_S = 1.0
+QUEUES_TTL_SUBSCRIBED_S = 30.0
 HEARTBEAT_S = 5.0
 PRUNE_EVERY_S = 60.0
 RECLAIM_EVERY_S = 10.0
@@ -117,6 +125,10 @@ class Scheduler:
     _queues_read_ms: int = -(10**15)
     #: when the claim loop plans its next claim (epoch ms); ``expect`` moves it earlier
     _claim_at_ms: int = 0
+    #: the wake channel is followed (``wakes_step``)
+    _subscribed: bool = False
+    #: loops ``stop`` cancels while they wait on Redis (a blocked read would hold it up)
+    _waiting: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __repr__(self) -> str:
         return f"Scheduler({self.worker_id!r}, {self.counters})"
@@ -126,6 +138,7 @@ class Scheduler:
         await self.store.ensure_intake_group()
         for name, step in (
             ("intake", self.intake_step),
+            ("wakes", self.wakes_step),
             ("claims", self.claim_step),
             ("outbox", self.outbox_step),
             ("upkeep", self.upkeep_step),
@@ -140,6 +153,8 @@ class Scheduler:
         self.stopping.set()
         for waker in self._wakers.values():
             waker.set()
+        for task in self._waiting:
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def nudge(self, name: str) -> None:
@@ -181,7 +196,9 @@ class Scheduler:
 
     async def intake_step(self) -> float:
         """Drain new intake entries (blocking briefly when there are none)."""
-        entries = await self.store.read_intake(self.worker_id, INTAKE_BATCH, block_ms=INTAKE_BLOCK_MS)
+        async with self._cancelled_by_stop():
+            # an entry the read took as ``stop`` cancelled it stays pending: reclaimed after the lease
+            entries = await self.store.read_intake(self.worker_id, INTAKE_BATCH, block_ms=INTAKE_BLOCK_MS)
         for entry_id, fields in entries:
             await self.accept(entry_id, fields)
         return 0.0
@@ -210,16 +227,56 @@ class Scheduler:
         self.counters["accepted"] += 1
         metrics.INTAKE.labels("accepted").inc()
 
+    @asynccontextmanager
+    async def _cancelled_by_stop(self) -> AsyncIterator[None]:
+        """``stop`` cancels the calling loop while it is inside (a wait on Redis, nothing half done).
+        Entered with no wait since the loop's look at ``stopping``, so a stop is never missed."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            yield
+        finally:
+            self._waiting.discard(task)
+
+    async def wakes_step(self) -> float:
+        """Follow the wake channel: a task another process registered due sooner than every other of
+        its queue (or the first of a new queue) wakes the claim loop by its due time. Returns only
+        when the subscription breaks (the loop backs off and subscribes again)."""
+        async with self._cancelled_by_stop(), self.store.wakes() as wakes:
+            self._subscribed = True
+            try:
+                # what was registered before the subscription is not announced: look now
+                self._queues_read_ms = -(10**15)
+                self.expect(self.clock())
+                async for service, token, due_ms in wakes:
+                    if (service, token) not in self._queues:
+                        self._queues = sorted({*self._queues, (service, token)})
+                    self.expect(due_ms)
+            finally:
+                self._subscribed = False
+        return 0.0
+
+    @property
+    def claim_idle_ms(self) -> int:
+        """The claim loop's longest sleep now (``CLAIM_IDLE_S`` while the wake channel is followed)."""
+        return (
+            max(self.cadence.claim_idle_ms, int(CLAIM_IDLE_S * 1000))
+            if self._subscribed
+            else self.cadence.claim_idle_ms
+        )
+
     async def claim_step(self) -> float:
         """Claim every due batch of every queue; sleep until the soonest is due (at most
         ``claim_idle_ms``)."""
         now_ms = self.clock()
         # a timer may fire a few ms early (uvloop rounds to whole ms): that is not an early wake
-        if CLAIM_SLACK_MS < self._claim_at_ms - now_ms <= self.cadence.claim_idle_ms:
+        idle_ms = self.claim_idle_ms
+        if CLAIM_SLACK_MS < self._claim_at_ms - now_ms <= idle_ms:
             return (self._claim_at_ms - now_ms) / 1000  # woken early by ``expect``: nothing due yet
         # plan the longest sleep first: a poll that ``expect``s an earlier due during the claims
         # below lowers the plan, and the answers of those claims cannot raise it back
-        self._claim_at_ms = now_ms + self.cadence.claim_idle_ms
+        self._claim_at_ms = now_ms + idle_ms
         for service, token in await self._known_queues():
             next_due_ms = await self._claim_queue(service, token)
             if next_due_ms is not None:
@@ -250,7 +307,8 @@ class Scheduler:
 
     async def _known_queues(self) -> list[tuple[str, str]]:
         now_ms = self.clock()
-        if not 0 <= now_ms - self._queues_read_ms < QUEUES_TTL_S * 1000:  # stale, or the clock stepped back
+        ttl_s = QUEUES_TTL_SUBSCRIBED_S if self._subscribed else QUEUES_TTL_S
+        if not 0 <= now_ms - self._queues_read_ms < ttl_s * 1000:  # stale, or the clock stepped back
             self._queues, self._queues_read_ms = await self.store.queues(), now_ms
         return self._queues
 

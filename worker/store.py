@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -40,6 +41,9 @@ LIFETIME_SAMPLES = 200
 BACKOFF_MEMORY_MS = 3_600_000
 #: requests are spaced 2% wider than the budget, so network jitter never bunches them over it
 RATE_HEADROOM = 1.02
+#: longest wait of one read of the wake channel before it PINGs: a connection that died without a
+#: word is found out within twice this, and the subscription made again
+WAKE_READ_S = 30.0
 #: errors that mean Redis is (for now) unreachable, as opposed to a bug
 REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 SCRIPTS = ("register", "claim", "spend", "load", "touch", "update", "finish", "release", "take_outbox")
@@ -359,6 +363,11 @@ class Store:
     def services_key(self) -> str:
         return f"{self.prefix}:services"
 
+    @property
+    def wake_channel(self) -> str:
+        """Pub/sub channel: '<service>:<token>|<due_ms>' of a registration no claim loop expects."""
+        return f"{self.prefix}:wake"
+
     # -- registration ---------------------------------------------------------------------
     async def register(
         self, req: EnqueueRequest, now_ms: int, *, deadline_s: float, first_poll_s: float, intake_entry: str = ""
@@ -393,6 +402,7 @@ class Store:
             int(req.reopen),
             INTAKE_GROUP,
             intake_entry,
+            self.wake_channel,
         ]
         async with translate_errors(f"register of {req.service}/{req.id}"):
             created, stored, sched = await self._scripts["register"](keys=keys, args=args)
@@ -464,6 +474,36 @@ class Store:
             pipe.xack(self.intake_key, INTAKE_GROUP, entry_id)
             pipe.xdel(self.intake_key, entry_id)
             await pipe.execute()
+
+    @asynccontextmanager
+    async def wakes(self) -> AsyncIterator[AsyncIterator[tuple[str, str, int]]]:
+        """Subscribe to the wake channel; yields its messages as (service, token, due_ms). A broken
+        connection ends the iteration with the error (messages published meanwhile are lost)."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.wake_channel)
+            yield self._wake_messages(pubsub)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    async def _wake_messages(pubsub: PubSub) -> AsyncIterator[tuple[str, str, int]]:
+        pinged = False
+        while True:
+            # a bounded wait, then a PING: a connection that died without a word is found out
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=WAKE_READ_S)
+            if message is None:
+                if pinged:
+                    raise RedisConnectionError(f"no answer on the wake channel for {2 * WAKE_READ_S:.0f}s")
+                await pubsub.ping()
+                pinged = True
+                continue
+            pinged = False
+            if message["type"] != "message":
+                continue  # the PING's answer
+            queue, _, due = str(message["data"]).rpartition("|")
+            service, _, token = queue.partition(":")
+            yield service, token, int(due)
 
     # -- claims and polls -----------------------------------------------------------------------
     async def queues(self) -> list[tuple[str, str]]:

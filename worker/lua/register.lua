@@ -5,15 +5,22 @@
 --       6 idx pending, 7 idx succeeded, 8 idx failed (this service),
 --       9 all-services idx pending, 10 succeeded, 11 failed
 -- ARGV: 1 record json, 2 sched (scheduling fields), 3 due_ms, 4 queue member, 5 service, 6 id,
---       7 now_ms, 8 reopen (0/1), 9 intake group, 10 intake entry id ('' for none)
+--       7 now_ms, 8 reopen (0/1), 9 intake group, 10 intake entry id ('' for none), 11 wake channel
+-- A task due sooner than every other of its queue, or the first of a new queue, is published on
+-- the wake channel ('<queue member>|<due_ms>'): no worker's claim loop plans to look by then, since
+-- each sleeps until its queue's soonest due time (see scheduler.Scheduler.wakes_step).
 local state = redis.call('HGET', KEYS[1], 'state')
 local created = 0
 if (not state) or (ARGV[8] == '1' and state ~= 'pending') then
   local member = ARGV[5] .. ':' .. ARGV[6]
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'record', ARGV[1], 'state', 'pending', 'sched', ARGV[2])
+  local soonest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
-  redis.call('SADD', KEYS[3], ARGV[4])
+  local new_queue = redis.call('SADD', KEYS[3], ARGV[4])
+  if new_queue == 1 or #soonest == 0 or tonumber(soonest[2]) > tonumber(ARGV[3]) then
+    redis.call('PUBLISH', ARGV[11], ARGV[4] .. '|' .. ARGV[3])
+  end
   redis.call('SADD', KEYS[4], ARGV[5])
   redis.call('ZREM', KEYS[7], ARGV[6])
   redis.call('ZREM', KEYS[8], ARGV[6])

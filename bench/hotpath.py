@@ -64,7 +64,7 @@ async def _batch(store: Store, poller: Poller) -> int:
     got = await store.claim("suno", "default", later_ms, batch=BATCH, coalesce_ms=0, lease_ms=1, rate_rps=1e9)
     if isinstance(got, int):
         return 0
-    await poller.poll_batch("suno", "default", got.claim_id, got.ids)
+    await poller.poll_batch("suno", "default", got.claim_id, got.ids, got.pending)
     return len(got.ids)
 
 

@@ -13,6 +13,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
 
 from worker import codec
 from worker.errors import (
@@ -87,6 +89,9 @@ class UpstreamClient:
         self.base_url = base_url.rstrip("/")
         self.tokens = dict(tokens)
         self.requests = 0
+        # per service and per token, built once: aiohttp then need not parse a URL or a header dict per request
+        self._urls: dict[str, URL] = {}
+        self._headers: dict[str, CIMultiDict[str]] = {}
 
     def __repr__(self) -> str:
         return f"UpstreamClient({self.base_url!r}, tokens={sorted(self.tokens)}, requests={self.requests})"
@@ -111,14 +116,12 @@ class UpstreamClient:
         return found
 
     async def _post(self, service: str, token: str, payload: dict[str, Any]) -> Any:
-        secret = self.tokens.get(token)
-        if secret is None:
-            raise ConfigError(f"no API token named {token!r}; set ACETRACK_API_TOKEN or ACETRACK_API_TOKENS")
-        url, what = f"{self.base_url}/{service}/tasks", f"{service} {payload['action']}"
-        headers = {"authorization": f"Bearer {secret}", "accept": "application/json"}
+        what = f"{service} {payload['action']}"
+        url, headers = self._url(service), self._headers_for(token)
+        body_bytes = codec.dumps(payload)
         self.requests += 1
         try:
-            async with self.session.post(url, json=payload, headers=headers, allow_redirects=False) as resp:
+            async with self.session.post(url, data=body_bytes, headers=headers, allow_redirects=False) as resp:
                 data = await resp.read()
                 status, retry_after = resp.status, resp.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError) as e:
@@ -129,6 +132,24 @@ class UpstreamClient:
         if status >= 300 or (isinstance(body, dict) and body.get("success") is False and "items" not in body):
             raise_for_status(status if status >= 300 else 400, body, retry_after_s, what)
         return body
+
+    def _url(self, service: str) -> URL:
+        url = self._urls.get(service)
+        if url is None:
+            url = self._urls[service] = URL(f"{self.base_url}/{service}/tasks")
+        return url
+
+    def _headers_for(self, token: str) -> CIMultiDict[str]:
+        headers = self._headers.get(token)
+        if headers is None:
+            secret = self.tokens.get(token)
+            if secret is None:
+                raise ConfigError(f"no API token named {token!r}; set ACETRACK_API_TOKEN or ACETRACK_API_TOKENS")
+            headers = CIMultiDict(
+                {"authorization": f"Bearer {secret}", "accept": "application/json", "content-type": "application/json"}
+            )
+            self._headers[token] = headers
+        return headers
 
     @staticmethod
     def _decode(data: bytes, status: int, what: str) -> Any:

@@ -70,6 +70,16 @@ async def test_a_claim_reads_what_its_poll_needs_in_the_same_step(backend: Backe
     assert sorted(got.pending) == ["t0", "t1"] and got.pending["t1"].record.meta == {"n": 1}
 
 
+async def test_a_claim_counts_an_id_due_within_early_ms_as_due_now(backend: Backend) -> None:
+    store = backend.store()
+    await register(store, "t1")
+    due_ms = NOW_MS + 3000
+    exact = {**CLAIM, "coalesce_ms": 0}
+    assert await store.claim("suno", "default", due_ms - 3, **exact) == 3  # a timer 3 ms early: wait 3 ms
+    got = await store.claim("suno", "default", due_ms - 3, **exact, early_ms=5)  # type: ignore[arg-type]
+    assert isinstance(got, tuple) and got.ids == ["t1"]
+
+
 async def test_claim_takes_ids_due_within_the_coalesce_window(backend: Backend) -> None:
     store = backend.store()
     await register(store, "now")

@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 #: poll falls due.
 CLAIM_IDLE_S = 1.0
 CLAIM_MIN_IDLE_S = 0.1
-#: a claim loop woken this close to its plan claims (a timer may fire a few ms early)
+#: a claim loop woken this close to its plan claims (a timer may fire a few ms early), and its
+#: claim counts ids due this soon as due now (or it would find nothing and have to ask again)
 CLAIM_SLACK_MS = 5
 #: longest sleep of the outbox loop when nothing is known to fall due sooner; this worker's own
 #: polls wake it at once (``nudge``), so this bounds only a delivery queued by another process
@@ -297,6 +298,7 @@ class Scheduler:
                 lease_ms=self.cadence.lease_ms,
                 rate_rps=self.cadence.rate_limit_rps,
                 min_repoll_ms=self.cadence.min_repoll_ms,
+                early_ms=CLAIM_SLACK_MS,
             )
             if isinstance(got, int):
                 return now_ms + max(got, 1) if got >= 0 else None

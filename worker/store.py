@@ -523,11 +523,12 @@ class Store:
         lease_ms: int,
         rate_rps: float,
         min_repoll_ms: int = 0,
+        early_ms: int = 0,
     ) -> Claimed | int:
         """Claim a batch of due ids: returns the ``Claimed`` batch, or the ms to wait (-1: nothing due).
 
-        Ids due within ``coalesce_ms`` top the batch up, except those polled less than
-        ``min_repoll_ms`` ago.
+        Ids due within ``early_ms`` count as due now. Ids due within ``coalesce_ms`` top the batch
+        up, except those polled less than ``min_repoll_ms`` ago.
         """
         claim_id = uuid.uuid4().hex
         emission_ms = RATE_HEADROOM * 1000.0 / rate_rps
@@ -547,6 +548,7 @@ class Store:
             0,  # no burst: requests are spaced evenly, so no 1 s window holds more than the budget
             self.task_prefix(service),
             min_repoll_ms,
+            early_ms,
         ]
         reply = await self._scripts["claim"](keys=keys, args=args)
         if int(reply[0]) == 0:

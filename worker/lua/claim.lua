@@ -7,7 +7,9 @@
 -- (only with its claim id).
 -- KEYS: 1 due zset, 2 backoff hash, 3 paused key, 4 rate key
 -- ARGV: 1 now_ms, 2 coalesce_ms, 3 lease_ms, 4 batch size, 5 claim id, 6 emission_ms,
---       7 burst tolerance ms, 8 task key prefix ('{p}:task:{service}:'), 9 min_repoll_ms
+--       7 burst tolerance ms, 8 task key prefix ('{p}:task:{service}:'), 9 min_repoll_ms,
+--       10 early_ms: an id due within this is due now (a claimer's timer may fire a few ms
+--       early; without it, that claim would find nothing and the claimer would ask again)
 -- Returns {1, next_ms, ids, rows} when claimed, else {0, wait_ms} (wait_ms -1: nothing is due at all).
 -- next_ms: 0 when the batch is full (more may be due now), else the ms until the next id falls due
 -- (-1: none left), so the claimer need not ask again to learn it. rows: each claimed id's
@@ -20,7 +22,8 @@ if until_ms > now then return {0, until_ms - now} end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #first == 0 then return {0, -1} end
 local first_due = tonumber(first[2])
-if first_due > now then return {0, first_due - now} end
+local due_by = now + tonumber(ARGV[10] or '0')
+if first_due > due_by then return {0, first_due - now} end
 local tat = math.max(tonumber(redis.call('GET', KEYS[4]) or '0'), now)
 local allow_at = tat - tonumber(ARGV[7])
 if now < allow_at then return {0, allow_at - now} end
@@ -28,13 +31,13 @@ local new_tat = tat + tonumber(ARGV[6])
 redis.call('SET', KEYS[4], new_tat, 'PX', math.ceil(new_tat - now) + 1000)
 local batch = tonumber(ARGV[4])
 local recent = now - tonumber(ARGV[9] or '0')
-local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now + tonumber(ARGV[2]), 'WITHSCORES', 'LIMIT', 0, batch * 2)
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', math.max(due_by, now + tonumber(ARGV[2])), 'WITHSCORES', 'LIMIT', 0, batch * 2)
 local lease_until = now + tonumber(ARGV[3])
 local ids, rows = {}, {}
 for i = 1, #found, 2 do
   if #ids >= batch then break end
   local id = found[i]
-  local take = tonumber(found[i + 1]) <= now
+  local take = tonumber(found[i + 1]) <= due_by
   if not take then
     -- sched is 'deadline|seen|missing|misses|attempts|polled_ms|marks' (see store.sched_text)
     local sched = redis.call('HGET', ARGV[8] .. id, 'sched') or ''

@@ -80,9 +80,10 @@ class ScriptCall:
     args: list[Any]
 
 
-@dataclass(frozen=True)
+@dataclass
 class PendingTask:
-    """A pending task as one poll needs it: the record plus the internal scheduling fields.
+    """A pending task as one poll needs it: the record plus the internal scheduling fields. Read
+    once per id of every poll and never changed (not frozen: a frozen dataclass is built slower).
 
     The fields are stored together in the task hash's ``sched`` field (``sched_text``): one field,
     not nine, because each field of a hash that holds a long value costs Redis ~70 bytes. The record
@@ -181,12 +182,15 @@ def _pending(raw: str, sched: str) -> PendingTask:
     )
 
 
+_PENDING = TaskState.PENDING.value  # read once: an enum's ``.value`` is a slow descriptor
+
+
 def _pending_rows(ids: Sequence[str], rows: Sequence[Sequence[str | None]]) -> dict[str, PendingTask]:
     """The still-pending tasks among ``ids`` from their ``pending_row``s (``lua/_rows.lua``)."""
     out: dict[str, PendingTask] = {}
     for task_id, (raw, state, sched, *old) in zip(ids, rows, strict=True):
         sched = sched or _old_sched(*old)
-        if raw and sched and state == TaskState.PENDING.value:
+        if raw and sched and state == _PENDING:
             out[task_id] = _pending(raw, sched)
     return out
 

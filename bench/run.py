@@ -655,8 +655,8 @@ def notes(args: argparse.Namespace, scale: float) -> list[str]:
         "simulator with a fresh clock), so one contender's load does not distort another's latency.",
         f"Time scale {scale}: lifetimes, arrivals, acetrack's time settings and the SDK's interval, max_wait and "
         "retry back-off are multiplied by it, rates divided by it; figures are converted back to unscaled seconds.",
-        "Not scaled (hard-coded in acetrack, not settings): the longest idle sleeps (claims: a quarter of "
-        "FIRST_POLL_S, within 0.1-1 s; outbox 5 s; arq 5 s, woken at once by this process's own jobs), the "
+        "Not scaled (hard-coded in acetrack, not settings): the longest idle sleeps (claims: 1 s while the wake "
+        "channel is followed; intake 5 s; outbox 5 s; arq 5 s; each woken at once by its work), the "
         "usual-lifetime default before 5 tasks finished (DEFAULT_USUAL_LIFETIME_S = 300 s), the 429/5xx back-off "
         "(1-60 s), the GCRA burst window (1 s real); the simulator's Retry-After (>= 1 s real, whole seconds).",
         "sdk-unlimited tracks a random sample of the tasks; its per-task figures do not depend on how many loops run.",

@@ -54,6 +54,31 @@ async def test_a_partial_batch_tells_the_loop_when_to_claim_next(backend: Backen
     assert sleep_s == pytest.approx((due["later"] - clock_ms[0]) / 1000)
 
 
+async def test_a_full_batch_says_whether_more_are_due_so_no_claim_comes_back_empty(backend: Backend) -> None:
+    asked: list[int] = []
+
+    class CountingStore(Store):
+        async def claim(self, service: str, token: str, now_ms: int, **kwargs: Any) -> Claimed | int:
+            asked.append(now_ms)
+            return await super().claim(service, token, now_ms, **kwargs)
+
+    store = CountingStore(backend.redis)
+    for task_id in ("a", "b"):
+        await register(store, task_id, 3)
+    await register(store, "later", 9)
+    due = dict(await backend.redis.zrange(store.due_key("suno", "default"), 0, -1, withscores=True))
+    assert due["a"] == due["b"]
+    clock_ms = [int(due["a"])]
+    sched, queue = scheduler(store, clock_ms, batch_size=1, coalesce_ms=0, claim_idle_ms=60_000, rate_limit_rps=1e3)
+    await sched.claim_step()  # "a" filled a batch and "b" is due too: the claim said so, it asked again
+    assert queue.polls == [["a"]] and len(asked) == 2  # the second ask waits for the rate budget
+    clock_ms[0] += 2
+    sleep_s = await sched.claim_step()
+    # "b" filled a batch too, and nothing else is due: the claim said when, no claim came back empty
+    assert queue.polls == [["a"], ["b"]] and len(asked) == 3
+    assert sleep_s == pytest.approx((due["later"] - clock_ms[0]) / 1000)
+
+
 async def test_an_expected_due_time_cuts_the_sleep_even_while_claiming(backend: Backend) -> None:
     clock_ms = [NOW_MS]
 

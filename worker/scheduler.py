@@ -304,7 +304,7 @@ class Scheduler:
                 return now_ms + max(got, 1) if got >= 0 else None
             self.counters["claims"] += 1
             await self.queue.poll(service, token, got)
-            if got.next_ms != 0:  # a partial batch: the claim said when the next id falls due
+            if got.next_ms != 0:  # nothing more is due now: the claim said when the next id falls due
                 return now_ms + max(got.next_ms, 1) if got.next_ms > 0 else None
 
     async def _known_queues(self) -> list[tuple[str, str]]:

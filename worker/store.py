@@ -65,7 +65,7 @@ class Claimed(NamedTuple):
 
     claim_id: str
     ids: list[str]
-    #: 0: the batch is full, more may be due now; else ms until the next id falls due (-1: none left)
+    #: 0: more ids are due now (the batch is full); else ms until the next id falls due (-1: none left)
     next_ms: int = 0
     #: the still-pending ones among ``ids`` as read in the claim (None: not read)
     pending: dict[str, PendingTask] | None = None

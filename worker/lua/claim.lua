@@ -11,7 +11,7 @@
 --       10 early_ms: an id due within this is due now (a claimer's timer may fire a few ms
 --       early; without it, that claim would find nothing and the claimer would ask again)
 -- Returns {1, next_ms, ids, rows} when claimed, else {0, wait_ms} (wait_ms -1: nothing is due at all).
--- next_ms: 0 when the batch is full (more may be due now), else the ms until the next id falls due
+-- next_ms: 0 when more ids are due now (the batch is full), else the ms until the next id falls due
 -- (-1: none left), so the claimer need not ask again to learn it. rows: each claimed id's
 -- pending_row (_rows.lua), so the poll need not read them in a round trip of its own.
 local now = tonumber(ARGV[1])
@@ -51,10 +51,12 @@ for i = 1, #found, 2 do
     rows[#rows + 1] = pending_row(ARGV[8] .. id)
   end
 end
-local next_ms = 0
-if #ids < batch then
-  -- a partial batch took every id due now: the next claim finds something only at the next due time
-  local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  next_ms = next_due[2] and math.max(1, tonumber(next_due[2]) - now) or -1
+-- when the next claim can find something: at once if an id is still due (a full batch left it),
+-- else at the next due time (a claim that found nothing would cost a round trip to learn it)
+local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local next_ms = -1
+if next_due[2] then
+  local next_at = tonumber(next_due[2])
+  next_ms = next_at <= due_by and 0 or math.max(1, next_at - now)
 end
 return {1, next_ms, ids, rows}

@@ -445,7 +445,8 @@ class Run:
     async def classify(self, kill: Kill) -> None:
         """A claim still held unchanged CLASSIFY_AFTER_S after the kill died with the victim: a live worker's
         poll ends within SIM_LATENCY_S, and a lease (LEASE_S) outlasts the wait; likewise a webhook try still
-        marked as sending."""
+        marked as sending. (A live worker's batch queued for want of a free slot would count too: each worker
+        has 50 slots, and this test keeps far fewer polls in flight.)"""
         for task_id, claim in kill.claims.items():
             if await self.client.hget(self.store.task_key("suno", task_id), "claim") == claim:
                 kill.orphans.add(task_id)

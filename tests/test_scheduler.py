@@ -11,7 +11,15 @@ import pytest
 from tests.conftest import Backend
 from worker.classify import first_poll_ms
 from worker.intake import EnqueueRequest
-from worker.scheduler import CLAIM_IDLE_S, CLAIM_MIN_IDLE_S, CLAIM_SLACK_MS, INTAKE_BLOCK_MS, Cadence, Scheduler
+from worker.scheduler import (
+    CLAIM_IDLE_S,
+    CLAIM_MIN_IDLE_S,
+    CLAIM_SLACK_MS,
+    INTAKE_BLOCK_MS,
+    RESUBSCRIBE_S,
+    Cadence,
+    Scheduler,
+)
 from worker.store import Claimed, Store
 
 NOW_MS = 1_700_000_000_000
@@ -185,6 +193,29 @@ async def test_stop_does_not_wait_out_blocked_reads(backend: Backend) -> None:
     await asyncio.sleep(0.05)  # intake is blocked in its read (INTAKE_BLOCK_MS), wakes in its own
     await asyncio.wait_for(sched.stop(), INTAKE_BLOCK_MS / 2000)
     assert not sched._tasks
+
+
+async def test_a_broken_subscription_is_made_again_without_an_outage_back_off(backend: Backend) -> None:
+    if backend.kind != "real":
+        pytest.skip("fakeredis cannot kill a client's connection")
+    store = backend.store()
+    sched, _ = scheduler(store, [NOW_MS])
+    follower = asyncio.create_task(sched.wakes_step())
+    await wait_until(lambda: sched._subscribed)
+    await backend.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    # the step ends normally (the loop's outage back-off stays reset) and says when to subscribe again
+    assert await asyncio.wait_for(follower, 5.0) == RESUBSCRIBE_S
+    assert not sched._subscribed
+
+
+async def test_a_queue_announced_on_the_wake_channel_survives_an_older_read_of_the_list(backend: Backend) -> None:
+    class StaleStore(Store):
+        async def queues(self) -> list[tuple[str, str]]:
+            return [("suno", "default")]  # sent before the new queue's first task was registered
+
+    sched, _ = scheduler(StaleStore(backend.redis), [NOW_MS])
+    sched._queues = [("suno", "backup")]  # announced meanwhile
+    assert await sched._known_queues() == [("suno", "backup"), ("suno", "default")]
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:

@@ -8,9 +8,10 @@ import json
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from conftest import RECORD_FIELDS, Backend
+from conftest import RECORD_FIELDS, Backend, require_real_redis
 from worker import store as store_mod
 from worker.classify import fail
+from worker.connect import create_redis
 from worker.events import build_events
 from worker.intake import EnqueueRequest
 from worker.models import EventType, Reason, Record, TaskState
@@ -282,16 +283,32 @@ async def test_a_batch_of_writes_after_the_server_lost_its_scripts_runs_each_wri
 async def test_the_wake_channel_pings_when_silent_and_gives_up_on_a_server_that_does_not_answer(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_mod, "WAKE_READ_S", 0.05)
+    monkeypatch.setattr(store_mod, "WAKE_READ_S", 0.2)
     store = backend.store()
     async with store.wakes() as wakes:
         waiting = asyncio.ensure_future(anext(wakes))
-        await asyncio.sleep(0.3)  # silent for 6 reads: each PING answered, still following
+        await asyncio.sleep(1.0)  # silent for 5 reads: each PING answered, still following
         assert not waiting.done()
         await register(store, "t1")
         assert (await asyncio.wait_for(waiting, 5.0))[:2] == ("suno", "default")
         if backend.kind == "real":  # a server that stops answering (fakeredis cannot pause)
-            await backend.redis.execute_command("CLIENT", "PAUSE", 1000, "ALL")
-            with pytest.raises(RedisConnectionError, match="no answer on the wake channel"):
-                await asyncio.wait_for(anext(wakes), 5.0)
-            await backend.redis.execute_command("CLIENT", "UNPAUSE")
+            await backend.redis.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+            try:
+                with pytest.raises(RedisConnectionError, match="no answer on the wake channel"):
+                    await asyncio.wait_for(anext(wakes), 5.0)
+            finally:
+                await backend.redis.execute_command("CLIENT", "UNPAUSE")
+
+
+async def test_a_quiet_intake_read_blocks_less_than_the_connections_socket_timeout(
+    real_redis_url: str | None, request: pytest.FixtureRequest
+) -> None:
+    url = require_real_redis(real_redis_url, request)
+    client = create_redis(f"{url}?socket_timeout=0.4")
+    try:
+        store = Store(client, prefix="quiet")
+        await store.ensure_intake_group()
+        # blocks 0.2 s, not the 5 s asked: a longer block would read as a timeout, i.e. an outage
+        assert await store.read_intake("c1", 10, block_ms=5000) == []
+    finally:
+        await client.aclose()

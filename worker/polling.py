@@ -354,7 +354,7 @@ class Poller:
         finished = 0
         for part in (ids[:half], ids[half:]):
             await self._wait_for_budget(token)
-            finished += await self._poll(service, token, claim_id, part, {i: pending[i] for i in part})
+            finished += await self._poll(service, token, claim_id, part, None)  # read again after the wait
         return finished
 
     async def _wait_for_budget(self, token: str) -> None:

@@ -55,6 +55,8 @@ INTAKE_BLOCK_MS = 5000
 #: only as a safety net
 QUEUES_TTL_S = 1.0
 QUEUES_TTL_SUBSCRIBED_S = 30.0
+#: wait before subscribing again to the wake channel once a subscription broke
+RESUBSCRIBE_S = 0.5
 HEARTBEAT_S = 5.0
 PRUNE_EVERY_S = 60.0
 RECLAIM_EVERY_S = 10.0
@@ -243,7 +245,8 @@ class Scheduler:
     async def wakes_step(self) -> float:
         """Follow the wake channel: a task another process registered due sooner than every other of
         its queue (or the first of a new queue) wakes the claim loop by its due time. Returns only
-        when the subscription breaks (the loop backs off and subscribes again)."""
+        when a subscription that was made breaks (the loop subscribes again after ``RESUBSCRIBE_S``;
+        one that cannot be made is an outage, with the loop's back-off)."""
         async with self._cancelled_by_stop(), self.store.wakes() as wakes:
             self._subscribed = True
             try:
@@ -254,9 +257,11 @@ class Scheduler:
                     if (service, token) not in self._queues:
                         self._queues = sorted({*self._queues, (service, token)})
                     self.expect(due_ms)
+            except REDIS_DOWN as e:
+                logger.warning("wake channel lost (%s); subscribing again in %.1fs", e, RESUBSCRIBE_S)
             finally:
                 self._subscribed = False
-        return 0.0
+        return RESUBSCRIBE_S
 
     @property
     def claim_idle_ms(self) -> int:
@@ -311,7 +316,8 @@ class Scheduler:
         now_ms = self.clock()
         ttl_s = QUEUES_TTL_SUBSCRIBED_S if self._subscribed else QUEUES_TTL_S
         if not 0 <= now_ms - self._queues_read_ms < ttl_s * 1000:  # stale, or the clock stepped back
-            self._queues, self._queues_read_ms = await self.store.queues(), now_ms
+            # a union: a queue announced on the wake channel after this read was sent is kept
+            self._queues, self._queues_read_ms = sorted({*await self.store.queues(), *self._queues}), now_ms
         return self._queues
 
     async def outbox_step(self) -> float:

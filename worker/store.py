@@ -438,7 +438,11 @@ class Store:
                 raise
 
     async def read_intake(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, dict[str, str]]]:
-        """New intake entries for this consumer; blocks up to ``block_ms`` when there are none."""
+        """New intake entries for this consumer; blocks up to ``block_ms`` when there are none (at
+        most half the connection's ``socket_timeout``, if one is set, so a quiet stream is no timeout)."""
+        socket_timeout_s = self.redis.connection_pool.connection_kwargs.get("socket_timeout")
+        if socket_timeout_s:
+            block_ms = max(1, min(block_ms, int(socket_timeout_s * 500)))
         try:
             reply = await self.redis.xreadgroup(
                 INTAKE_GROUP, consumer, {self.intake_key: ">"}, count=count, block=block_ms or None
@@ -483,9 +487,13 @@ class Store:
     async def wakes(self) -> AsyncIterator[AsyncIterator[tuple[str, str, int]]]:
         """Subscribe to the wake channel; yields its messages as (service, token, due_ms). A broken
         connection ends the iteration with the error (messages published meanwhile are lost)."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.redis.pubsub()
         try:
             await pubsub.subscribe(self.wake_channel)
+            # subscribed only once Redis says so: a registration announced before would be missed
+            while (reply := await pubsub.get_message(timeout=WAKE_READ_S)) is None or reply["type"] != "subscribe":
+                if reply is None:
+                    raise RedisConnectionError(f"no answer to SUBSCRIBE for {WAKE_READ_S:.0f}s")
             yield self._wake_messages(pubsub)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]

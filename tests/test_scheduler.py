@@ -39,6 +39,18 @@ class Recorder:
         self.deliveries.append(delivery_id)
 
 
+class CountingStore(Store):
+    """A store that notes the time of every claim it is asked for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked: list[int] = []
+
+    async def claim(self, service: str, token: str, now_ms: int, **kwargs: Any) -> Claimed | int:
+        self.asked.append(now_ms)
+        return await super().claim(service, token, now_ms, **kwargs)
+
+
 def scheduler(store: Store, clock_ms: list[int], **cadence: Any) -> tuple[Scheduler, Recorder]:
     queue = Recorder()
     return Scheduler(store, queue, lambda: clock_ms[0], Cadence(**cadence)), queue
@@ -63,14 +75,8 @@ async def test_a_partial_batch_tells_the_loop_when_to_claim_next(backend: Backen
 
 
 async def test_a_full_batch_says_whether_more_are_due_so_no_claim_comes_back_empty(backend: Backend) -> None:
-    asked: list[int] = []
-
-    class CountingStore(Store):
-        async def claim(self, service: str, token: str, now_ms: int, **kwargs: Any) -> Claimed | int:
-            asked.append(now_ms)
-            return await super().claim(service, token, now_ms, **kwargs)
-
     store = CountingStore(backend.redis)
+    asked = store.asked
     for task_id in ("a", "b"):
         await register(store, task_id, 3)
     await register(store, "later", 9)
@@ -106,14 +112,8 @@ async def test_an_expected_due_time_cuts_the_sleep_even_while_claiming(backend: 
 
 
 async def test_a_timer_that_fires_a_few_ms_early_still_claims(backend: Backend) -> None:
-    asked: list[int] = []
-
-    class CountingStore(Store):
-        async def claim(self, service: str, token: str, now_ms: int, **kwargs: Any) -> Claimed | int:
-            asked.append(now_ms)
-            return await super().claim(service, token, now_ms, **kwargs)
-
     store = CountingStore(backend.redis)
+    asked = store.asked
     await register(store, "t1", 3)
     due_ms = int((await backend.redis.zrange(store.due_key("suno", "default"), 0, 0, withscores=True))[0][1])
     clock_ms = [due_ms - 2000]

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Backend
+from tests.conftest import Backend, require_real_redis
 from worker.classify import first_poll_ms
+from worker.connect import create_redis
 from worker.intake import EnqueueRequest
 from worker.scheduler import (
     CLAIM_IDLE_S,
@@ -195,17 +196,20 @@ async def test_stop_does_not_wait_out_blocked_reads(backend: Backend) -> None:
     assert not sched._tasks
 
 
-async def test_a_broken_subscription_is_made_again_without_an_outage_back_off(backend: Backend) -> None:
-    if backend.kind != "real":
-        pytest.skip("fakeredis cannot kill a client's connection")
-    store = backend.store()
-    sched, _ = scheduler(store, [NOW_MS])
-    follower = asyncio.create_task(sched.wakes_step())
-    await wait_until(lambda: sched._subscribed)
-    await backend.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-    # the step ends normally (the loop's outage back-off stays reset) and says when to subscribe again
-    assert await asyncio.wait_for(follower, 5.0) == RESUBSCRIBE_S
-    assert not sched._subscribed
+async def test_a_broken_subscription_is_made_again_without_an_outage_back_off(
+    real_redis_url: str | None, request: pytest.FixtureRequest
+) -> None:
+    client = create_redis(require_real_redis(real_redis_url, request))  # fakeredis cannot kill a connection
+    try:
+        sched, _ = scheduler(Store(client, prefix="resubscribe"), [NOW_MS])
+        follower = asyncio.create_task(sched.wakes_step())
+        await wait_until(lambda: sched._subscribed)
+        await client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        # the step ends normally (the loop's outage back-off stays reset) and says when to subscribe again
+        assert await asyncio.wait_for(follower, 5.0) == RESUBSCRIBE_S
+        assert not sched._subscribed
+    finally:
+        await client.aclose()
 
 
 async def test_a_queue_announced_on_the_wake_channel_survives_an_older_read_of_the_list(backend: Backend) -> None:

@@ -182,6 +182,17 @@ def _pending(raw: str, sched: str) -> PendingTask:
     )
 
 
+def _queue_member(service: str, token: str) -> str:
+    """A (service, token) queue as named in the queues set and on the wake channel."""
+    return f"{service}:{token}"
+
+
+def _queue_of(member: str) -> tuple[str, str]:
+    """Inverse of ``_queue_member`` (a service name has no ':')."""
+    service, _, token = member.partition(":")
+    return service, token
+
+
 _PENDING = TaskState.PENDING.value  # read once: an enum's ``.value`` is a slow descriptor
 
 
@@ -399,7 +410,7 @@ class Store:
             _record_json(record),
             sched_text(deadline_at_ms, enqueued_ms=now_ms),
             first_poll_ms(now_ms, first_poll_s),
-            f"{req.service}:{req.token}",
+            _queue_member(req.service, req.token),
             req.service,
             req.id,
             now_ms,
@@ -513,16 +524,14 @@ class Store:
             pinged = False
             if message["type"] != "message":
                 continue  # the PING's answer
-            queue, _, due = str(message["data"]).rpartition("|")
-            service, _, token = queue.partition(":")
-            yield service, token, int(due)
+            member, _, due = str(message["data"]).rpartition("|")
+            yield *_queue_of(member), int(due)
 
     # -- claims and polls -----------------------------------------------------------------------
     async def queues(self) -> list[tuple[str, str]]:
         """Every (service, token) pair that has ever had a task."""
         members: set[str] = await self.redis.smembers(self.queues_key)  # type: ignore[misc]
-        pairs = (m.split(":", 1) for m in members)
-        return sorted((service, token) for service, token in pairs)
+        return sorted(_queue_of(m) for m in members)
 
     async def claim(
         self,
@@ -923,7 +932,7 @@ class Store:
             for service, token in queues:
                 pipe.zcount(self.due_key(service, token), "-inf", now_ms)
             counts = await pipe.execute()
-        return {f"{service}:{token}": int(n) for (service, token), n in zip(queues, counts, strict=True)}
+        return {_queue_member(service, token): int(n) for (service, token), n in zip(queues, counts, strict=True)}
 
     async def oldest_pending_ms(self, service: str | None) -> int | None:
         """Enqueue time of the oldest pending task of ``service`` (None: of all)."""

@@ -33,7 +33,7 @@ from worker.clock import system_clock
 from worker.connect import create_redis
 from worker.intake import EnqueueRequest
 from worker.polling import Poller
-from worker.store import Store
+from worker.store import Store, Wait
 
 BATCH = 50
 
@@ -62,7 +62,7 @@ async def _batch(store: Store, poller: Poller) -> int:
     as a poll job does; returns the ids observed (0: none left pending)."""
     later_ms = system_clock() + 3_600_000
     got = await store.claim("suno", "default", later_ms, batch=BATCH, coalesce_ms=0, lease_ms=1, rate_rps=1e9)
-    if isinstance(got, int):
+    if isinstance(got, Wait):
         return 0
     await poller.poll_batch("suno", "default", got.claim_id, got.ids, got.pending)
     return len(got.ids)

@@ -381,7 +381,8 @@ def _diagnostics(result: dict[str, Any]) -> list[str]:
             f"{regime['overdue']['p95']}/{regime['overdue']['p99']} s; the others: {regime['young']['n']}, "
             f"{regime['young']['p50']}/{regime['young']['p95']}/{regime['young']['p99']} s. CPU "
             f"{m.get('cpu_ms_per_observation')} ms/observation, {m.get('cpu_ms_per_observation_net_of_idle')} net of "
-            f"idle loops ({m.get('idle_cpu_s_per_s')} cores idle). Redis per pending task: task hash "
+            f"idle loops ({m.get('idle_cpu_s_per_s')} cores idle; by worker {m.get('worker_cpu_s', '-')} s, "
+            f"claimed batches {m.get('worker_claims', '-')}). Redis per pending task: task hash "
             f"{mem.get('task_hash_bytes')} B (max {mem.get('task_hash_bytes_max')}), sorted-set entries "
             f"{mem.get('zset_bytes_per_member')} B."
         )

@@ -146,7 +146,10 @@ class AcetrackSide:
             await asyncio.sleep(0.1)
 
     def cpu(self) -> float:
-        return sum(procs.cpu_seconds(p.pid) or 0.0 for p in self.procs)
+        return sum(self.cpu_each())
+
+    def cpu_each(self) -> list[float]:
+        return [procs.cpu_seconds(p.pid) or 0.0 for p in self.procs]
 
     async def used_memory(self) -> int:
         return int((await self.client.info("memory"))["used_memory"])
@@ -564,18 +567,19 @@ async def _measure(
     t0 = time.time() + 0.5
     for sdk_side in sdks:
         sdk_side.go(t0)
-    cpu_start = [side.cpu() for side in acetracks]
+    cpu_start = [side.cpu_each() for side in acetracks]
     sim_cpu_start = procs.cpu_seconds(sim.pid) or 0.0
     created: dict[str, float] = {}
     feeder = asyncio.create_task(feed(workload, scale, t0, sim_url, acetracks, created))
     loads = await monitor(workload, scale, t0, acetracks, sdks, feeder, args.tail_s)
     end = time.time()
-    cpu_end = [side.cpu() for side in acetracks]
+    cpu_end = [side.cpu_each() for side in acetracks]
     sim_cpu = (procs.cpu_seconds(sim.pid) or 0.0) - sim_cpu_start
     sdk_results = [await sdk_side.finish() for sdk_side in sdks]
     runs: list[report.ContenderRun] = []
     for side, c0, c1, idle in zip(acetracks, cpu_start, cpu_end, idle_rates, strict=True):
-        runs.append(await _acetrack_run(side, workload, c1 - c0, end - t0, idle))
+        by_worker = [b - a for a, b in zip(c0, c1, strict=True)]
+        runs.append(await _acetrack_run(side, workload, by_worker, end - t0, idle))
     for side in acetracks:
         side.stop_workers()
     profiles: dict[str, list[str]] = {}
@@ -620,9 +624,10 @@ def _revision(src: Path) -> str:
 
 
 async def _acetrack_run(
-    side: AcetrackSide, workload: Workload, cpu_s: float, wall_s: float, idle: float
+    side: AcetrackSide, workload: Workload, cpu_by_worker_s: list[float], wall_s: float, idle: float
 ) -> report.ContenderRun:
     verdicts, event_counts = await side.verdicts()
+    claims = sorted(int(w.get("claims", 0)) for w in await side.store.workers())
     redis_cpu = await side.client.info("cpu")
     commands = await side.client.info("commandstats")
     return report.ContenderRun(
@@ -632,7 +637,7 @@ async def _acetrack_run(
         [t.id for t in workload.tasks],
         side.enqueued,
         verdicts,
-        cpu_s,
+        sum(cpu_by_worker_s),
         wall_s,
         label=f"acetrack{_revision(side.src)}, {side.workers} worker process(es), own redis-server; budget "
         f"{Settings.model_fields['rate_limit_rps'].default:g} req/s (unscaled)",
@@ -642,6 +647,9 @@ async def _acetrack_run(
         learned=side.learned,
         extra={
             "events": event_counts,
+            # how the work split: each worker's CPU, and the batches each claimed (heartbeats, <= 5 s old)
+            "worker_cpu_s": sorted(round(c, 2) for c in cpu_by_worker_s),
+            "worker_claims": claims,
             "redis_cpu_s": round(float(redis_cpu["used_cpu_user"]) + float(redis_cpu["used_cpu_sys"]), 2),
             # every client's commands (the bench's enqueues and memory samples too): where round trips go
             "redis_calls": {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in commands.items()},
@@ -655,8 +663,9 @@ def notes(args: argparse.Namespace, scale: float) -> list[str]:
         "simulator with a fresh clock), so one contender's load does not distort another's latency.",
         f"Time scale {scale}: lifetimes, arrivals, acetrack's time settings and the SDK's interval, max_wait and "
         "retry back-off are multiplied by it, rates divided by it; figures are converted back to unscaled seconds.",
-        "Not scaled (hard-coded in acetrack, not settings): the longest idle sleeps (claims: 1 s while the wake "
-        "channel is followed; intake 5 s; outbox 5 s; arq 5 s; each woken at once by its work), the "
+        "Not scaled (hard-coded in acetrack, not settings): the longest idle sleeps (claims: 5 s while the wake "
+        "channel is followed, also between looks at a queue ceded to another worker; intake 5 s; outbox 5 s; "
+        "arq 5 s; each woken at once by its work), the "
         "usual-lifetime default before 5 tasks finished (DEFAULT_USUAL_LIFETIME_S = 300 s), the 429/5xx back-off "
         "(1-60 s), the GCRA burst window (1 s real); the simulator's Retry-After (>= 1 s real, whole seconds).",
         "sdk-unlimited tracks a random sample of the tasks; its per-task figures do not depend on how many loops run.",

@@ -17,7 +17,7 @@ from worker.intake import EnqueueRequest
 from worker.models import Reason, Record, TaskState, UpstreamTask
 from worker.polling import Outcome, Poller
 from worker.sim import SimState
-from worker.store import PendingTask, Store
+from worker.store import Claimed, PendingTask, Store, Wait
 
 MakeSim = Callable[..., Awaitable[tuple[str, SimState]]]
 CLAIM = {"batch": 50, "coalesce_ms": 0, "lease_ms": 30_000, "rate_rps": 1000.0}
@@ -35,7 +35,7 @@ async def claimed(store: Store, service: str, ids: list[str]) -> str:
     for task_id in ids:
         await store.register(EnqueueRequest(service, task_id), now_ms - 10, deadline_s=600, first_poll_s=0)
     got = await store.claim(service, "default", system_clock(), **CLAIM)  # type: ignore[arg-type]
-    assert isinstance(got, tuple) and sorted(got[1]) == sorted(ids)
+    assert isinstance(got, Claimed) and sorted(got[1]) == sorted(ids)
     return got[0]
 
 
@@ -57,7 +57,7 @@ async def test_503_with_retry_after_backs_off_the_service_and_fails_nothing(
     records = await store.get_many(("suno", i) for i in ids)
     assert all(r is not None and r.state is TaskState.PENDING for r in records)
     wait = await store.claim("suno", "default", system_clock(), **CLAIM)  # type: ignore[arg-type]
-    assert isinstance(wait, int) and 6000 < wait <= 7000  # Retry-After honoured for the whole service
+    assert isinstance(wait, Wait) and wait.why == "backoff" and 6000 < wait.ms <= 7000  # Retry-After honoured
     due = await backend.redis.zrange(store.due_key("suno", "default"), 0, -1, withscores=True)
     assert all(score >= before_ms + 7000 for _, score in due)
 
@@ -72,12 +72,13 @@ async def test_an_answered_poll_forgets_past_failures_and_reports_its_soonest_du
     ids = [f"t{i}" for i in range(3)]
     claim_id = await claimed(store, "suno", ids)
     poller = make_poller(store, session, url)
-    scheduled: list[int] = []
-    poller.on_schedule = scheduled.append
+    scheduled: list[tuple[str, str, int]] = []
+    poller.on_schedule = lambda service, token, due_ms: scheduled.append((service, token, due_ms))
     await poller.poll_batch("suno", "default", claim_id, ids)
     assert await store.backoff_failures("suno", "default") == 0
     due = await backend.redis.zrange(store.due_key("suno", "default"), 0, -1, withscores=True)
-    assert len(scheduled) == 1 and scheduled[0] == min(score for _, score in due) > system_clock() - 1000
+    soonest_ms = min(score for _, score in due)
+    assert scheduled == [("suno", "default", soonest_ms)] and soonest_ms > system_clock() - 1000
 
 
 async def test_401_pauses_the_token_and_keeps_tasks_pending(
@@ -155,7 +156,7 @@ async def test_a_task_naming_an_unconfigured_token_fails_as_rejected(
         EnqueueRequest("suno", "t1", token="backup"), system_clock() - 10, deadline_s=60, first_poll_s=0
     )
     got = await store.claim("suno", "backup", system_clock(), **CLAIM)  # type: ignore[arg-type]
-    assert isinstance(got, tuple)
+    assert isinstance(got, Claimed)
     await make_poller(store, session, url).poll_batch("suno", "backup", got[0], got[1])
     record = await store.get("suno", "t1")
     assert record is not None and record.reason is Reason.REJECTED
@@ -173,7 +174,7 @@ async def test_a_poll_that_changes_nothing_moves_only_the_poll_count_and_schedul
     await poller.poll_batch("suno", "default", await claimed(store, "suno", ["slow"]), ["slow"])
     stored_json = await backend.redis.hget(key, "record")
     got = await store.claim("suno", "default", system_clock() + 5000, **CLAIM)  # type: ignore[arg-type]
-    assert isinstance(got, tuple) and got[1] == ["slow"]
+    assert isinstance(got, Claimed) and got[1] == ["slow"]
     second_ms = system_clock()
     await poller.poll_batch("suno", "default", got[0], ["slow"])
     assert await backend.redis.hget(key, "record") == stored_json  # not rewritten
@@ -196,7 +197,7 @@ async def test_a_finished_task_teaches_when_it_was_first_seen_running(
     for wait_s in (0.3, 0.7):
         await asyncio.sleep(wait_s)
         got = await store.claim("suno", "default", system_clock() + 5000, **CLAIM)  # type: ignore[arg-type]
-        assert isinstance(got, tuple)
+        assert isinstance(got, Claimed)
         await poller.poll_batch("suno", "default", got[0], got[1])
     record = await store.get("suno", "quick")
     assert record is not None and record.state is TaskState.SUCCEEDED and record.attempts == 3

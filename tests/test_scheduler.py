@@ -16,12 +16,14 @@ from worker.scheduler import (
     CLAIM_IDLE_S,
     CLAIM_MIN_IDLE_S,
     CLAIM_SLACK_MS,
+    CLAIM_UNSUBSCRIBED_IDLE_S,
     INTAKE_BLOCK_MS,
     RESUBSCRIBE_S,
     Cadence,
+    QueuePlan,
     Scheduler,
 )
-from worker.store import Claimed, Store
+from worker.store import Claimed, Store, Wait
 
 NOW_MS = 1_700_000_000_000
 
@@ -47,7 +49,7 @@ class CountingStore(Store):
         super().__init__(*args, **kwargs)
         self.asked: list[int] = []
 
-    async def claim(self, service: str, token: str, now_ms: int, **kwargs: Any) -> Claimed | int:
+    async def claim(self, service: str, token: str, now_ms: int, **kwargs: Any) -> Claimed | Wait:
         self.asked.append(now_ms)
         return await super().claim(service, token, now_ms, **kwargs)
 
@@ -98,9 +100,9 @@ async def test_an_expected_due_time_cuts_the_sleep_even_while_claiming(backend: 
     clock_ms = [NOW_MS]
 
     class ExpectingStore(Store):
-        async def claim(self, *args: Any, **kwargs: Any) -> Claimed | int:
+        async def claim(self, *args: Any, **kwargs: Any) -> Claimed | Wait:
             got = await super().claim(*args, **kwargs)
-            sched.expect(NOW_MS + 200)  # a poll job finished meanwhile and scheduled a task 200 ms on
+            sched.expect("suno", "default", NOW_MS + 200)  # a poll finished meanwhile: a task due 200 ms on
             return got
 
     store = ExpectingStore(backend.redis)
@@ -126,6 +128,64 @@ async def test_a_timer_that_fires_a_few_ms_early_still_claims(backend: Backend) 
     assert len(asked) == 2 and queue.polls == [["t1"]]
 
 
+async def test_a_worker_whose_due_ids_another_took_cedes_the_queue_until_a_look_finds_work(backend: Backend) -> None:
+    store = backend.store()
+    await register(store, "t1", 3)
+    await register(store, "t2", 9)
+    due = dict(await backend.redis.zrange(store.due_key("suno", "default"), 0, -1, withscores=True))
+    clock_ms = [NOW_MS]
+    (a, a_queue), (b, b_queue) = (scheduler(store, clock_ms, coalesce_ms=0, claim_idle_ms=60_000) for _ in "ab")
+    for sched in (a, b):
+        assert await sched.claim_step() == pytest.approx((due["t1"] - NOW_MS) / 1000)  # both plan for t1
+    clock_ms[0] = int(due["t1"])
+    await a.claim_step()
+    assert a_queue.polls == [["t1"]] and not a._plans[("suno", "default")].ceded
+    # b wakes for t1 too and finds it taken: it cedes the queue, and looks only after its idle period
+    assert await b.claim_step() == pytest.approx(60.0)
+    plan = b._plans[("suno", "default")]
+    assert b_queue.polls == [] and plan.ceded
+    b.expect("suno", "default", int(due["t2"]))  # a due time b hears of does not wake it for a ceded queue
+    assert plan.at_ms == clock_ms[0] + 60_000
+    # a died: b's look finds t2 due and t1 back after a's lease, and takes the queue back
+    clock_ms[0] += 60_000
+    await b.claim_step()
+    assert [sorted(ids) for ids in b_queue.polls] == [["t1", "t2"]] and not plan.ceded
+
+
+async def test_a_plan_further_off_than_a_look_becomes_a_look_that_cedes_nothing(backend: Backend) -> None:
+    store = CountingStore(backend.redis)
+    await register(store, "t1", 30)
+    due_ms = int((await backend.redis.zrange(store.due_key("suno", "default"), 0, 0, withscores=True))[0][1])
+    clock_ms = [NOW_MS]
+    sched, _ = scheduler(store, clock_ms, claim_idle_ms=1000)
+    sched.expect("suno", "default", due_ms)  # a new queue announced, its first task due 15-30 s on
+    assert await sched.claim_step() == pytest.approx(1.0) and store.asked == []
+    clock_ms[0] += 1000
+    assert await sched.claim_step() == pytest.approx(1.0)  # the look: nothing due, a look cedes nothing
+    plan = sched._plans[("suno", "default")]
+    assert len(store.asked) == 1 and not plan.ceded
+    clock_ms[0] -= 60_000  # the clock stepped back a minute: the plan is a look again, not a minute off
+    assert await sched.claim_step() == pytest.approx(1.0) and plan.at_ms == clock_ms[0] + 1000
+
+
+async def test_a_refused_claim_does_not_cede_the_queue(backend: Backend) -> None:
+    store = backend.store()
+    for task_id in ("t1", "t2"):
+        await register(store, task_id, 3)
+    due_ms = int((await backend.redis.zrange(store.due_key("suno", "default"), 0, 0, withscores=True))[0][1])
+    clock_ms = [NOW_MS]
+    kw = {"batch_size": 1, "coalesce_ms": 0, "claim_idle_ms": 60_000, "rate_limit_rps": 1.0}
+    (a, a_queue), (b, b_queue) = (scheduler(store, clock_ms, **kw) for _ in "ab")
+    for sched in (a, b):
+        await sched.claim_step()
+    clock_ms[0] = due_ms
+    await a.claim_step()  # a takes t1 and spends the shared budget; t2 waits for it
+    # b planned for a due id too, but the rate budget refused it: that is no lost race
+    sleep_s = await b.claim_step()
+    assert a_queue.polls == [["t1"]] and b_queue.polls == []
+    assert not b._plans[("suno", "default")].ceded and 0 < sleep_s <= 1.1
+
+
 async def test_the_outbox_loop_sleeps_until_its_soonest_delivery(backend: Backend) -> None:
     store = backend.store()
     clock_ms = [NOW_MS]
@@ -139,7 +199,7 @@ async def test_the_outbox_loop_sleeps_until_its_soonest_delivery(backend: Backen
 
 
 @pytest.mark.parametrize(
-    ("first_poll_s", "idle_s"), [(3.0, 0.75), (0.8, 0.2), (100.0, CLAIM_IDLE_S), (0.0, CLAIM_MIN_IDLE_S)]
+    ("first_poll_s", "idle_s"), [(3.0, 0.75), (0.8, 0.2), (100.0, CLAIM_UNSUBSCRIBED_IDLE_S), (0.0, CLAIM_MIN_IDLE_S)]
 )
 def test_the_claim_loop_wakes_before_a_new_tasks_first_poll(first_poll_s: float, idle_s: float) -> None:
     assert Cadence.idle_ms_for(first_poll_s) == int(idle_s * 1000)
@@ -162,6 +222,47 @@ async def test_a_registration_no_claim_loop_expects_is_announced_on_the_wake_cha
         assert await next_wake(wakes) == ("suno", "backup", first_poll_ms(NOW_MS, 5))
 
 
+async def test_ids_given_back_sooner_than_any_other_of_their_queue_are_announced(backend: Backend) -> None:
+    store = backend.store()
+    for task_id, first_poll_s in (("a", 3), ("b", 9)):
+        await register(store, task_id, first_poll_s)
+    got = await store.claim("suno", "default", NOW_MS + 10_000, batch=50, coalesce_ms=0, lease_ms=60_000, rate_rps=1e3)
+    assert isinstance(got, Claimed) and sorted(got.ids) == ["a", "b"]
+    async with store.wakes() as wakes:
+        # a stopping worker gives "a" back, due now: the queue's soonest, which no claim loop plans for
+        assert await store.release("suno", "default", got.claim_id, ["a"], NOW_MS + 10_001) == 1
+        assert await next_wake(wakes) == ("suno", "default", NOW_MS + 10_001)
+        # "b" given back due later than "a": the claim that takes "a" says when; not announced
+        assert await store.release("suno", "default", got.claim_id, ["b"], NOW_MS + 20_000) == 1
+        await register(store, "c", 1)
+        assert await next_wake(wakes) == ("suno", "default", first_poll_ms(NOW_MS, 1))
+
+
+async def test_an_announced_task_takes_a_ceded_queue_back(backend: Backend) -> None:
+    store = backend.store()
+    clock_ms = [NOW_MS]
+    sched, queue = scheduler(store, clock_ms)
+    await register(store, "old", 30)
+    sched._plans[("suno", "default")] = QueuePlan(NOW_MS + 5000, ceded=True)  # another worker claims it
+    follower = asyncio.create_task(sched.wakes_step())
+    try:
+        await wait_until(lambda: sched._subscribed)
+        await sched.claim_step()  # the look at subscribing: nothing due, still ceded
+        plan = sched._plans[("suno", "default")]
+        assert plan.ceded
+        # that worker stopped and gave a task back (or another process registered one): announced
+        await register(store, "new", 1)
+        await wait_until(lambda: not plan.ceded)
+        assert plan.at_ms == first_poll_ms(NOW_MS, 1)
+        clock_ms[0] = plan.at_ms
+        await sched.claim_step()
+        assert queue.polls == [["new"]]
+    finally:
+        await sched.stop()
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+
+
 async def test_the_wakes_loop_wakes_the_claim_loop_for_another_processs_registration(backend: Backend) -> None:
     store = backend.store()
     await register(store, "old", 30)
@@ -173,11 +274,12 @@ async def test_the_wakes_loop_wakes_the_claim_loop_for_another_processs_registra
     try:
         await wait_until(lambda: sched._subscribed)
         # subscribed: what was registered before is looked for at once, then looks are CLAIM_IDLE_S apart
-        assert sched.claim_idle_ms == int(CLAIM_IDLE_S * 1000) and sched._claim_at_ms == NOW_MS
+        assert sched.claim_idle_ms == int(CLAIM_IDLE_S * 1000) and sched._plans[("suno", "default")].at_ms == 0
         assert await sched.claim_step() == pytest.approx(CLAIM_IDLE_S)
         await store.register(EnqueueRequest("suno", "new", token="backup"), NOW_MS, deadline_s=600, first_poll_s=0.6)
         due_ms = first_poll_ms(NOW_MS, 0.6)
-        await wait_until(lambda: sched._claim_at_ms == due_ms)
+        await wait_until(lambda: ("suno", "backup") in sched._plans)
+        assert sched._plans[("suno", "backup")].at_ms == due_ms
         assert ("suno", "backup") in sched._queues  # a new queue, known without reading the list again
         assert await sched.claim_step() == pytest.approx((due_ms - NOW_MS) / 1000)  # sleeps until that task is due
     finally:

@@ -15,7 +15,7 @@ from worker.connect import create_redis
 from worker.events import build_events
 from worker.intake import EnqueueRequest
 from worker.models import EventType, Reason, Record, TaskState
-from worker.store import Store, sched_text
+from worker.store import Claimed, Store, Wait, sched_text
 
 NOW_MS = 1_767_000_000_000
 CLAIM = {"batch": 50, "coalesce_ms": 1000, "lease_ms": 30_000, "rate_rps": 1e6}
@@ -51,12 +51,12 @@ async def test_claims_are_exclusive_until_the_lease_ends(backend: Backend) -> No
         await register(store, f"t{i}")
     due_ms = NOW_MS + 3000
     first = await store.claim("suno", "default", due_ms, **CLAIM)
-    assert isinstance(first, tuple) and sorted(first[1]) == ["t0", "t1", "t2"]
+    assert isinstance(first, Claimed) and sorted(first[1]) == ["t0", "t1", "t2"]
     second = await store.claim("suno", "default", due_ms + 100, **CLAIM)
-    assert isinstance(second, int) and second > 0  # nothing due: all are leased
+    assert isinstance(second, Wait) and second.why == "later" and second.ms > 0  # all are leased
     # the claimer "died": after the lease the same ids are due again for anyone
     third = await store.claim("suno", "default", due_ms + 30_001, **CLAIM)
-    assert isinstance(third, tuple) and sorted(third[1]) == ["t0", "t1", "t2"]
+    assert isinstance(third, Claimed) and sorted(third[1]) == ["t0", "t1", "t2"]
 
 
 async def test_a_claim_reads_what_its_poll_needs_in_the_same_step(backend: Backend) -> None:
@@ -66,7 +66,7 @@ async def test_a_claim_reads_what_its_poll_needs_in_the_same_step(backend: Backe
     # t2 finished elsewhere while still due (a race the poll must skip): claimed, but not pending
     await backend.redis.hset(store.task_key("suno", "t2"), "state", "succeeded")
     got = await store.claim("suno", "default", NOW_MS + 3000, **CLAIM)
-    assert isinstance(got, tuple) and sorted(got.ids) == ["t0", "t1", "t2"] and got.pending is not None
+    assert isinstance(got, Claimed) and sorted(got.ids) == ["t0", "t1", "t2"] and got.pending is not None
     assert got.pending == await store.load_pending("suno", got.ids)
     assert sorted(got.pending) == ["t0", "t1"] and got.pending["t1"].record.meta == {"n": 1}
 
@@ -76,9 +76,9 @@ async def test_a_claim_counts_an_id_due_within_early_ms_as_due_now(backend: Back
     await register(store, "t1")
     due_ms = NOW_MS + 3000
     exact = {**CLAIM, "coalesce_ms": 0}
-    assert await store.claim("suno", "default", due_ms - 3, **exact) == 3  # a timer 3 ms early: wait 3 ms
+    assert await store.claim("suno", "default", due_ms - 3, **exact) == Wait(3, "later")  # a timer 3 ms early
     got = await store.claim("suno", "default", due_ms - 3, **exact, early_ms=5)  # type: ignore[arg-type]
-    assert isinstance(got, tuple) and got.ids == ["t1"]
+    assert isinstance(got, Claimed) and got.ids == ["t1"]
 
 
 async def test_claim_takes_ids_due_within_the_coalesce_window(backend: Backend) -> None:
@@ -87,7 +87,7 @@ async def test_claim_takes_ids_due_within_the_coalesce_window(backend: Backend) 
     await register(store, "soon", now_ms=NOW_MS + 800)
     await register(store, "later", now_ms=NOW_MS + 5000)
     got = await store.claim("suno", "default", NOW_MS + 3000, **CLAIM)
-    assert isinstance(got, tuple) and sorted(got[1]) == ["now", "soon"]
+    assert isinstance(got, Claimed) and sorted(got[1]) == ["now", "soon"]
 
 
 async def test_rate_budget_is_shared_and_says_how_long_to_wait(backend: Backend) -> None:
@@ -97,13 +97,13 @@ async def test_rate_budget_is_shared_and_says_how_long_to_wait(backend: Backend)
     limits = {**CLAIM, "batch": 1, "rate_rps": 2.0}
     t = NOW_MS + 3000
     granted = [await store.claim("suno", "default", t, **limits) for _ in range(3)]
-    assert [isinstance(g, tuple) for g in granted] == [True, False, False]
+    assert [isinstance(g, Claimed) for g in granted] == [True, False, False]
     # evenly spaced, 2% wide of the budget: the next request is allowed 510 ms later, not before
-    assert granted[1] == 510
-    assert isinstance(await store.claim("suno", "default", t + 509, **limits), int)
-    assert isinstance(await store.claim("suno", "default", t + 510, **limits), tuple)
+    assert granted[1] == Wait(510, "rate")
+    assert await store.claim("suno", "default", t + 509, **limits) == Wait(1, "rate")
+    assert isinstance(await store.claim("suno", "default", t + 510, **limits), Claimed)
     # a second worker shares the same budget (same key): nothing more before t + 1020
-    assert isinstance(await store.claim("suno", "default", t + 1019, **limits), int)
+    assert await store.claim("suno", "default", t + 1019, **limits) == Wait(1, "rate")
 
 
 async def test_back_off_and_pause_hold_claims(backend: Backend) -> None:
@@ -111,11 +111,11 @@ async def test_back_off_and_pause_hold_claims(backend: Backend) -> None:
     await register(store, "t1")
     t = NOW_MS + 3000
     await store.back_off("suno", "default", t + 2000)
-    assert await store.claim("suno", "default", t, **CLAIM) == 2000
+    assert await store.claim("suno", "default", t, **CLAIM) == Wait(2000, "backoff")
     await store.run_calls([], clear_backoff=("suno", "default"))
     await store.pause_token("default", 60_000, "401 invalid_token")
     wait = await store.claim("suno", "default", t, **CLAIM)
-    assert isinstance(wait, int) and 59_000 < wait <= 60_000
+    assert isinstance(wait, Wait) and wait.why == "paused" and 59_000 < wait.ms <= 60_000
     assert await store.paused_tokens(["default", "other"]) == {"default": "401 invalid_token"}
 
 
@@ -141,7 +141,7 @@ async def test_update_needs_the_claim(backend: Backend) -> None:
     store = backend.store()
     _, record = await register(store, "t1")
     got = await store.claim("suno", "default", NOW_MS + 3000, **CLAIM)
-    assert isinstance(got, tuple)
+    assert isinstance(got, Claimed)
     kw = {"next_due_ms": NOW_MS + 9000, "sched": sched_text(NOW_MS + 60_000, seen=True), "events": []}
     assert await store.update(record, "someone-else", NOW_MS + 3100, **kw) is False
     assert await store.update(record, got[0], NOW_MS + 3100, **kw) is True
@@ -152,10 +152,10 @@ async def test_release_gives_claims_back_now(backend: Backend) -> None:
     store = backend.store()
     await register(store, "t1")
     got = await store.claim("suno", "default", NOW_MS + 3000, **CLAIM)
-    assert isinstance(got, tuple)
+    assert isinstance(got, Claimed)
     assert await store.release("suno", "default", got[0], got[1], NOW_MS + 3001) == 1
     again = await store.claim("suno", "default", NOW_MS + 3001, **CLAIM)
-    assert isinstance(again, tuple) and again[1] == ["t1"]
+    assert isinstance(again, Claimed) and again[1] == ["t1"]
 
 
 async def test_reopen_restarts_a_finished_task(backend: Backend) -> None:
@@ -254,9 +254,9 @@ async def test_a_claim_tops_up_with_ids_due_soon_but_not_one_polled_moments_ago(
     await backend.redis.hset(key, "sched", sched_text(NOW_MS + 60_000, attempts=1, polled_ms=NOW_MS + 2900))
     kw = {**CLAIM, "coalesce_ms": 1000}
     got = await store.claim("suno", "default", NOW_MS + 3000, **kw, min_repoll_ms=750)  # type: ignore[arg-type]
-    assert isinstance(got, tuple) and sorted(got[1]) == ["due", "soon"]
+    assert isinstance(got, Claimed) and sorted(got[1]) == ["due", "soon"]
     got = await store.claim("suno", "default", NOW_MS + 3500, **kw, min_repoll_ms=750)  # type: ignore[arg-type]
-    assert isinstance(got, tuple) and got[1] == ["just-polled"]  # once due, it is polled like any other
+    assert isinstance(got, Claimed) and got[1] == ["just-polled"]  # once due, it is polled like any other
 
 
 async def test_a_batch_of_writes_after_the_server_lost_its_scripts_runs_each_write_once(backend: Backend) -> None:
@@ -264,7 +264,7 @@ async def test_a_batch_of_writes_after_the_server_lost_its_scripts_runs_each_wri
     for task_id in ("t1", "t2"):
         await register(store, task_id)
     got = await store.claim("suno", "default", NOW_MS + 3000, **CLAIM)
-    assert isinstance(got, tuple)
+    assert isinstance(got, Claimed)
     records = {task_id: await store.get("suno", task_id) for task_id in ("t1", "t2")}
     failed = fail(records["t2"], Reason.DEADLINE, NOW_MS + 3100)  # type: ignore[arg-type]
     events = build_events([EventType.TASK_FAILED], records["t2"], failed, NOW_MS + 3100, {})  # type: ignore[arg-type]

@@ -433,6 +433,9 @@ class ResilientWorker(arq.worker.Worker):
 
     def handle_sig(self, signum: signal.Signals) -> None:
         self.accepting = False  # a job queued from now on waits in the queue for a running worker
+        runtime: Runtime | None = self.ctx.get("acetrack")
+        if runtime is not None and runtime.scheduler is not None:
+            runtime.scheduler.begin_stop()  # before the polls it cancels give their ids back
         super().handle_sig(signum)
 
     async def reserve_slot(self) -> bool:

@@ -111,8 +111,9 @@ class Poller:
     callback_events: frozenset[str] = frozenset()
     rng: classify.Rng = random.random
     paused_tokens: set[str] = field(default_factory=set)
-    #: called with the soonest due time each batch's write scheduled (the claim loop's ``expect``)
-    on_schedule: Callable[[int], None] | None = None
+    #: called with the queue and the soonest due time each batch's write scheduled (the claim loop's
+    #: ``expect``)
+    on_schedule: Callable[[str, str, int], None] | None = None
     #: called when a batch's write queued hook deliveries (wakes the outbox loop)
     on_deliveries: Callable[[], None] | None = None
     #: what each service's finished tasks teach, with when it was read (ms)
@@ -273,7 +274,7 @@ class Poller:
             calls.append(self.store.touch_call(service, token, claim_id, touched))
         written = await self.store.run_calls(calls, clear_backoff=(service, token) if answered else None)
         metrics.OBSERVATIONS.labels(service).inc(len(outcomes))
-        self._expect(touched, changed, now_ms)
+        self._expect(service, token, touched, changed, now_ms)
         if self.on_deliveries is not None and any(e.deliveries for out in events for e in out):
             self.on_deliveries()
         finished = 0
@@ -283,14 +284,21 @@ class Poller:
                 finished += 1
         return finished
 
-    def _expect(self, touched: Sequence[tuple[str, int, str]], changed: Sequence[Outcome], now_ms: int) -> None:
+    def _expect(
+        self,
+        service: str,
+        token: str,
+        touched: Sequence[tuple[str, int, str]],
+        changed: Sequence[Outcome],
+        now_ms: int,
+    ) -> None:
         # tell the claim loop when the soonest of these falls due again, so it need not poll to find out
         if self.on_schedule is None:
             return
         dues = [due_ms for _, due_ms, _ in touched]
         dues += [o.next_poll_ms(now_ms) for o in changed if not o.decision.terminal]
         if dues:
-            self.on_schedule(min(dues))
+            self.on_schedule(service, token, min(dues))
 
     def _events(self, outcome: Outcome, now_ms: int) -> list[OutEvent]:
         decision = outcome.decision

@@ -6,9 +6,10 @@ poll for it, since every look is a Redis round trip and a wake-up: the claim loo
 until the soonest known due time, which this worker's own polls and registrations move earlier
 (``expect``), and so does a registration by another process that no claim loop expects (the wake
 channel, followed by the wakes loop); the outbox loop sleeps until its soonest delivery and is
-woken by this worker's polls; intake blocks on the stream. ``CLAIM_IDLE_S`` and
-``OUTBOX_IDLE_S`` bound only how long work written elsewhere (a due time another worker set before
-it died, a replay) waits to be seen.
+woken by this worker's polls; intake blocks on the stream. Of several workers, only one wakes for
+each due time of a queue: the others cede it (``QueuePlan.ceded``) and only look at it now and
+then. ``CLAIM_IDLE_S`` and ``OUTBOX_IDLE_S`` bound only how long work written elsewhere (a due
+time another worker set before it died, a replay) waits to be seen.
 """
 
 from __future__ import annotations
@@ -28,18 +29,21 @@ from worker.classify import first_poll_ms
 from worker.clock import Clock
 from worker.errors import InvalidInput
 from worker.intake import build_request
-from worker.store import REDIS_DOWN, Claimed, Store
+from worker.store import REDIS_DOWN, Claimed, Store, Wait
 from worker.webhooks import screen
 
 logger = logging.getLogger(__name__)
 
-#: longest sleep between claims when nothing is known to fall due sooner, while the wake channel
-#: is followed: it bounds how late a due time set by a worker that died is seen. Unsubscribed
-#: (Redis just came back), a task registered by another process (the HTTP API,
-#: ``Tracker.enqueue``) is seen only by such a look: workers then look more often when
-#: ``ACETRACK_FIRST_POLL_S`` is short (``Cadence.claim_idle_ms``), so it is seen before its first
-#: poll falls due.
-CLAIM_IDLE_S = 1.0
+#: longest sleep between claims of a queue when nothing is known to fall due sooner, while the wake
+#: channel is followed (and how often a worker looks at a queue it ceded): every due time is then
+#: known from a claim's answer, this worker's polls, or the channel, so this bounds only how late a
+#: due time set by a worker that died is seen.
+CLAIM_IDLE_S = 5.0
+#: unsubscribed (Redis just came back), a task registered by another process (the HTTP API,
+#: ``Tracker.enqueue``) is seen only by a look: workers then look every quarter of
+#: ``ACETRACK_FIRST_POLL_S`` (``Cadence.claim_idle_ms``), between these, so it is seen before its
+#: first poll falls due
+CLAIM_UNSUBSCRIBED_IDLE_S = 1.0
 CLAIM_MIN_IDLE_S = 0.1
 #: a claim loop woken this close to its plan claims (a timer may fire a few ms early), and its
 #: claim counts ids due this soon as due now (or it would find nothing and have to ask again)
@@ -84,15 +88,43 @@ class Cadence:
     first_poll_s: float = 3.0
     #: a claim tops up its batch with ids due soon, but not with one polled less than this ago
     min_repoll_ms: int = 0
-    #: longest sleep of the claim loop (``CLAIM_IDLE_S``, or less: see ``idle_ms_for``)
-    claim_idle_ms: int = int(CLAIM_IDLE_S * 1000)
+    #: longest sleep of the claim loop while the wake channel is not followed (``idle_ms_for``)
+    claim_idle_ms: int = int(CLAIM_UNSUBSCRIBED_IDLE_S * 1000)
 
     @staticmethod
     def idle_ms_for(first_poll_s: float) -> int:
         """The claim loop's longest sleep: a new task's first poll falls due at least half of
         ``first_poll_s`` after it is registered (``first_poll_ms``), so a quarter sees it in time;
         never under ``CLAIM_MIN_IDLE_S``, the most DESIGN.md §3 lets a due task wait."""
-        return int(1000 * max(CLAIM_MIN_IDLE_S, min(CLAIM_IDLE_S, first_poll_s / 4)))
+        return int(1000 * max(CLAIM_MIN_IDLE_S, min(CLAIM_UNSUBSCRIBED_IDLE_S, first_poll_s / 4)))
+
+
+@dataclass(slots=True)
+class QueuePlan:
+    """When this worker claims one (service, token) queue next."""
+
+    #: epoch ms of the next claim (0: at once)
+    at_ms: int = 0
+    #: ``at_ms`` is when an id falls due (a claim's answer, or an ``expect``), not just a look: a
+    #: claim then that finds none lost a race to another worker. (Not this worker's own claim,
+    #: topping up a batch with ids due soon: an ``expect`` comes from a poll, and ids polled less
+    #: than ``min_repoll_ms`` ago are not taken early; an answer is the queue's soonest due.)
+    due: bool = False
+    #: another worker claims this queue's due ids in time (a claim planned for one found it gone):
+    #: this worker only looks at it every idle period, so two workers do not both wake for every
+    #: due id and one find nothing; until a look finds ids still due (that worker fell behind or
+    #: stopped) and takes them
+    ceded: bool = False
+
+    def settle(self, now_ms: int, wait_ms: int, idle_ms: int, *, due: bool) -> None:
+        """Plan the next claim ``wait_ms`` on (-1: nothing is due at all, look after ``idle_ms``),
+        unless an ``expect`` during the claim planned it sooner."""
+        at_ms = now_ms + (wait_ms if wait_ms >= 0 else idle_ms)
+        due = due and wait_ms >= 0
+        if self.ceded and at_ms < now_ms + idle_ms:
+            at_ms, due = now_ms + idle_ms, False
+        if at_ms < self.at_ms:
+            self.at_ms, self.due = at_ms, due
 
 
 @dataclass
@@ -125,8 +157,10 @@ class Scheduler:
     _wakers: dict[str, asyncio.Event] = field(default_factory=dict)
     _queues: list[tuple[str, str]] = field(default_factory=list)
     _queues_read_ms: int = -(10**15)
-    #: when the claim loop plans its next claim (epoch ms); ``expect`` moves it earlier
-    _claim_at_ms: int = 0
+    #: when each queue is claimed next; ``expect`` moves a plan earlier
+    _plans: dict[tuple[str, str], QueuePlan] = field(default_factory=dict)
+    #: when the sleeping claim loop wakes (epoch ms; 0 while it runs: it reads the plans at its end)
+    _claim_wake_ms: int = 0
     #: the wake channel is followed (``wakes_step``)
     _subscribed: bool = False
     #: loops ``stop`` cancels while they wait on Redis (a blocked read would hold it up)
@@ -150,13 +184,18 @@ class Scheduler:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def stop(self) -> None:
-        """Ask every loop to stop and wait for them."""
+    def begin_stop(self) -> None:
+        """Ask every loop to stop, and claim nothing more: called before running polls are cancelled,
+        since the ids they give back are announced, and this worker must not claim them again."""
         self.stopping.set()
         for waker in self._wakers.values():
             waker.set()
         for task in self._waiting:
             task.cancel()
+
+    async def stop(self) -> None:
+        """Ask every loop to stop and wait for them."""
+        self.begin_stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def nudge(self, name: str) -> None:
@@ -165,11 +204,20 @@ class Scheduler:
         if waker is not None:
             waker.set()
 
-    def expect(self, due_ms: int) -> None:
-        """A task was scheduled for ``due_ms`` outside the claim loop (this worker's poll or
-        registration): make sure the claim loop is awake by then."""
-        if due_ms < self._claim_at_ms:
-            self._claim_at_ms = due_ms
+    def expect(self, service: str, token: str, due_ms: int) -> None:
+        """A task of this queue falls due at ``due_ms``, scheduled outside the claim loop (this
+        worker's poll or registration, or the wake channel): make sure the claim loop claims it by
+        then, unless another worker does (the queue is ceded)."""
+        queue = (service, token)
+        plan = self._plans.get(queue)
+        if plan is None:
+            self._plans[queue] = QueuePlan(due_ms, due=True)
+            self._queues = sorted({*self._queues, queue})
+        elif due_ms < plan.at_ms and not plan.ceded:
+            plan.at_ms, plan.due = due_ms, True
+        else:
+            return
+        if due_ms < self._claim_wake_ms:
             self.nudge("claims")
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
@@ -225,7 +273,7 @@ class Scheduler:
             first_poll_s=self.cadence.first_poll_s,
             intake_entry=entry_id,
         )
-        self.expect(first_poll_ms(now_ms, self.cadence.first_poll_s))
+        self.expect(req.service, req.token, first_poll_ms(now_ms, self.cadence.first_poll_s))
         self.counters["accepted"] += 1
         metrics.INTAKE.labels("accepted").inc()
 
@@ -250,17 +298,28 @@ class Scheduler:
             self._subscribed = True
             try:
                 # what was registered before the subscription is not announced: look now
-                self._queues_read_ms = -(10**15)
-                self.expect(self.clock())
+                self._look_at_every_queue()
                 async for service, token, due_ms in wakes:
-                    if (service, token) not in self._queues:
-                        self._queues = sorted({*self._queues, (service, token)})
-                    self.expect(due_ms)
+                    self._announced(service, token, due_ms)
             except REDIS_DOWN as e:
                 logger.warning("wake channel lost (%s); subscribing again in %.1fs", e, RESUBSCRIBE_S)
             finally:
                 self._subscribed = False
         return RESUBSCRIBE_S
+
+    def _announced(self, service: str, token: str, due_ms: int) -> None:
+        # a task due sooner than any its queue had: no worker planned for it, not even the one this
+        # worker ceded the queue to (it may be the one that released it, stopping)
+        plan = self._plans.get((service, token))
+        if plan is not None:
+            plan.ceded = False
+        self.expect(service, token, due_ms)
+
+    def _look_at_every_queue(self) -> None:
+        self._queues_read_ms = -(10**15)
+        for plan in self._plans.values():
+            plan.at_ms, plan.due = 0, False
+        self.nudge("claims")
 
     @property
     def claim_idle_ms(self) -> int:
@@ -272,44 +331,52 @@ class Scheduler:
         )
 
     async def claim_step(self) -> float:
-        """Claim every due batch of every queue; sleep until the soonest is due (at most
-        ``claim_idle_ms``)."""
+        """Claim every queue whose plan is due; sleep until the soonest plan (at most ``claim_idle_ms``)."""
+        now_ms, self._claim_wake_ms = self.clock(), 0
+        queues = await self._known_queues()
+        for queue in queues:
+            plan = self._plans.setdefault(queue, QueuePlan())
+            if plan.at_ms - now_ms > self.claim_idle_ms:
+                # further off than a look (the clock stepped back, or a new queue's first due): a look
+                plan.at_ms, plan.due = now_ms + self.claim_idle_ms, False
+            elif plan.at_ms - now_ms <= CLAIM_SLACK_MS:  # a timer may fire a few ms early: not early
+                await self._claim_queue(queue, plan)
         now_ms = self.clock()
-        # a timer may fire a few ms early (uvloop rounds to whole ms): that is not an early wake
-        idle_ms = self.claim_idle_ms
-        if CLAIM_SLACK_MS < self._claim_at_ms - now_ms <= idle_ms:
-            return (self._claim_at_ms - now_ms) / 1000  # woken early by ``expect``: nothing due yet
-        # plan the longest sleep first: a poll that ``expect``s an earlier due during the claims
-        # below lowers the plan, and the answers of those claims cannot raise it back
-        self._claim_at_ms = now_ms + idle_ms
-        for service, token in await self._known_queues():
-            next_due_ms = await self._claim_queue(service, token)
-            if next_due_ms is not None:
-                self._claim_at_ms = min(self._claim_at_ms, next_due_ms)
-        return max(self._claim_at_ms - self.clock(), 1) / 1000
+        look_ms = now_ms + self.claim_idle_ms
+        self._claim_wake_ms = min([look_ms, *(self._plans[q].at_ms for q in queues)])
+        return max(self._claim_wake_ms - now_ms, 1) / 1000
 
-    async def _claim_queue(self, service: str, token: str) -> int | None:
-        """Claim the queue's due batches; returns when its next claim can find any (epoch ms; None:
-        nothing is due at all)."""
-        while True:
-            now_ms = self.clock()
-            got = await self.store.claim(
-                service,
-                token,
-                now_ms,
-                batch=self.cadence.batch_size,
-                coalesce_ms=self.cadence.coalesce_ms,
-                lease_ms=self.cadence.lease_ms,
-                rate_rps=self.cadence.rate_limit_rps,
-                min_repoll_ms=self.cadence.min_repoll_ms,
-                early_ms=CLAIM_SLACK_MS,
-            )
-            if isinstance(got, int):
-                return now_ms + max(got, 1) if got >= 0 else None
+    async def _claim_queue(self, queue: tuple[str, str], plan: QueuePlan) -> None:
+        """Claim the queue's due batches, then plan its next claim from the last answer."""
+        expected_due = plan.due
+        while not self.stopping.is_set():
+            now_ms, idle_ms = self.clock(), self.claim_idle_ms
+            # a look, unless the answer knows better, or a poll ``expect``s a due during the claim
+            plan.at_ms, plan.due = now_ms + idle_ms, False
+            got = await self._claim(queue, now_ms)
+            if isinstance(got, Wait):
+                if got.why == "later" and expected_due:
+                    plan.ceded = True  # planned for a due id and found none: another worker took it
+                plan.settle(now_ms, got.ms, idle_ms, due=got.why == "later")
+                return
+            plan.ceded = expected_due = False
             self.counters["claims"] += 1
-            await self.queue.poll(service, token, got)
+            await self.queue.poll(*queue, got)
             if got.next_ms != 0:  # nothing more is due now: the claim said when the next id falls due
-                return now_ms + max(got.next_ms, 1) if got.next_ms > 0 else None
+                plan.settle(now_ms, got.next_ms, idle_ms, due=True)
+                return
+
+    async def _claim(self, queue: tuple[str, str], now_ms: int) -> Claimed | Wait:
+        return await self.store.claim(
+            *queue,
+            now_ms,
+            batch=self.cadence.batch_size,
+            coalesce_ms=self.cadence.coalesce_ms,
+            lease_ms=self.cadence.lease_ms,
+            rate_rps=self.cadence.rate_limit_rps,
+            min_repoll_ms=self.cadence.min_repoll_ms,
+            early_ms=CLAIM_SLACK_MS,
+        )
 
     async def _known_queues(self) -> list[tuple[str, str]]:
         now_ms = self.clock()

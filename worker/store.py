@@ -71,6 +71,16 @@ class Claimed(NamedTuple):
     pending: dict[str, PendingTask] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A claim that took nothing: how long until one can, and why."""
+
+    #: ms until a claim can take something (-1: no id is due at all)
+    ms: int
+    #: 'paused', 'backoff', 'rate' (refused), 'later' (no id is due yet) or 'empty' (none pending)
+    why: str
+
+
 @dataclass(frozen=True)
 class ScriptCall:
     """One call of one of the store's scripts, ready to run alone or in a pipeline."""
@@ -380,7 +390,8 @@ class Store:
 
     @property
     def wake_channel(self) -> str:
-        """Pub/sub channel: '<service>:<token>|<due_ms>' of a registration no claim loop expects."""
+        """Pub/sub channel: '<service>:<token>|<due_ms>' of a registration or release no claim loop
+        expects."""
         return f"{self.prefix}:wake"
 
     # -- registration ---------------------------------------------------------------------
@@ -545,8 +556,8 @@ class Store:
         rate_rps: float,
         min_repoll_ms: int = 0,
         early_ms: int = 0,
-    ) -> Claimed | int:
-        """Claim a batch of due ids: returns the ``Claimed`` batch, or the ms to wait (-1: nothing due).
+    ) -> Claimed | Wait:
+        """Claim a batch of due ids: returns the ``Claimed`` batch, or the ``Wait`` until one can be.
 
         Ids due within ``early_ms`` count as due now. Ids due within ``coalesce_ms`` top the batch
         up, except those polled less than ``min_repoll_ms`` ago.
@@ -573,7 +584,7 @@ class Store:
         ]
         reply = await self._scripts["claim"](keys=keys, args=args)
         if int(reply[0]) == 0:
-            return int(reply[1])
+            return Wait(int(reply[1]), reply[2])
         ids: list[str] = reply[2]
         return Claimed(claim_id, ids, int(reply[1]), _pending_rows(ids, reply[3]))
 
@@ -703,10 +714,13 @@ class Store:
             return await pipe.execute(raise_on_error=False)
 
     async def release(self, service: str, token: str, claim_id: str, ids: Iterable[str], due_ms: int) -> int:
-        """Give claimed ids back, due at ``due_ms``; returns how many were still held."""
-        args: list[Any] = [claim_id, due_ms, self.task_prefix(service), *ids]
-        if len(args) == 3:
+        """Give claimed ids back, due at ``due_ms``; returns how many were still held. Announced on
+        the wake channel when they become the queue's soonest."""
+        ids = list(ids)
+        if not ids:
             return 0
+        member = _queue_member(service, token)
+        args: list[Any] = [claim_id, due_ms, self.task_prefix(service), self.wake_channel, member, *ids]
         return int(await self._scripts["release"](keys=[self.due_key(service, token)], args=args))
 
     async def back_off(self, service: str, token: str, until_ms: int) -> None:

@@ -10,23 +10,24 @@
 --       7 burst tolerance ms, 8 task key prefix ('{p}:task:{service}:'), 9 min_repoll_ms,
 --       10 early_ms: an id due within this is due now (a claimer's timer may fire a few ms
 --       early; without it, that claim would find nothing and the claimer would ask again)
--- Returns {1, next_ms, ids, rows} when claimed, else {0, wait_ms} (wait_ms -1: nothing is due at all).
+-- Returns {1, next_ms, ids, rows} when claimed, else {0, wait_ms, why} (wait_ms -1: nothing is due at
+-- all); why: 'paused', 'backoff', 'rate' (the refusals), 'later' (no id is due yet), 'empty'.
 -- next_ms: 0 when more ids are due now (the batch is full), else the ms until the next id falls due
 -- (-1: none left), so the claimer need not ask again to learn it. rows: each claimed id's
 -- pending_row (_rows.lua), so the poll need not read them in a round trip of its own.
 local now = tonumber(ARGV[1])
 local paused = redis.call('PTTL', KEYS[3])
-if paused > 0 then return {0, paused} end
+if paused > 0 then return {0, paused, 'paused'} end
 local until_ms = tonumber(redis.call('HGET', KEYS[2], 'until_ms') or '0')
-if until_ms > now then return {0, until_ms - now} end
+if until_ms > now then return {0, until_ms - now, 'backoff'} end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if #first == 0 then return {0, -1} end
+if #first == 0 then return {0, -1, 'empty'} end
 local first_due = tonumber(first[2])
 local due_by = now + tonumber(ARGV[10] or '0')
-if first_due > due_by then return {0, first_due - now} end
+if first_due > due_by then return {0, first_due - now, 'later'} end
 local tat = math.max(tonumber(redis.call('GET', KEYS[4]) or '0'), now)
 local allow_at = tat - tonumber(ARGV[7])
-if now < allow_at then return {0, allow_at - now} end
+if now < allow_at then return {0, allow_at - now, 'rate'} end
 local new_tat = tat + tonumber(ARGV[6])
 redis.call('SET', KEYS[4], new_tat, 'PX', math.ceil(new_tat - now) + 1000)
 local batch = tonumber(ARGV[4])

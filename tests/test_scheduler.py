@@ -144,8 +144,7 @@ async def test_a_worker_whose_due_ids_another_took_cedes_the_queue_until_a_look_
     assert await b.claim_step() == pytest.approx(60.0)
     plan = b._plans[("suno", "default")]
     assert b_queue.polls == [] and plan.ceded
-    b.expect("suno", "default", int(due["t2"]))  # a due time b hears of does not wake it for a ceded queue
-    assert plan.at_ms == clock_ms[0] + 60_000
+    assert plan.at_ms == clock_ms[0] + 60_000  # not t2's due time: a knows it, from its claim
     # a died: b's look finds t2 due and t1 back after a's lease, and takes the queue back
     clock_ms[0] += 60_000
     await b.claim_step()
@@ -168,6 +167,50 @@ async def test_a_plan_further_off_than_a_look_becomes_a_look_that_cedes_nothing(
     assert await sched.claim_step() == pytest.approx(1.0) and plan.at_ms == clock_ms[0] + 1000
 
 
+async def test_a_lone_worker_never_cedes_its_queue(backend: Backend) -> None:
+    store = backend.store()
+    for task_id, first_poll_s in (("t1", 3), ("t2", 9)):
+        await register(store, task_id, first_poll_s)
+    due = dict(await backend.redis.zrange(store.due_key("suno", "default"), 0, -1, withscores=True))
+    clock_ms = [NOW_MS]
+    sched, queue = scheduler(store, clock_ms, coalesce_ms=0, claim_idle_ms=60_000)
+    await sched.claim_step()
+    await backend.redis.zrem(store.due_key("suno", "default"), "t1")  # cancelled before it fell due
+    clock_ms[0] = int(due["t1"])
+    # the id it planned for is gone, but no other worker took it: it plans for t2, not a look
+    assert await sched.claim_step() == pytest.approx((due["t2"] - clock_ms[0]) / 1000)
+    assert not sched._plans[("suno", "default")].ceded and queue.polls == []
+
+
+async def test_a_ceded_queue_hears_its_own_polls_but_not_its_registrations(backend: Backend) -> None:
+    sched, _ = scheduler(backend.store(), [NOW_MS])
+    sched._plans[("suno", "default")] = plan = QueuePlan(NOW_MS + 5000, ceded=True)
+    await sched.accept("1-0", {"service": "suno", "id": "new"})  # the worker it is ceded to learns of it
+    assert plan.at_ms == NOW_MS + 5000
+    sched.expect("suno", "default", NOW_MS + 700)  # a batch the other worker claimed, polled here
+    assert plan.at_ms == NOW_MS + 700 and plan.ceded
+
+
+async def test_a_registration_that_creates_nothing_plans_nothing(backend: Backend) -> None:
+    store = backend.store()
+    await register(store, "t1", 30)
+    sched, _ = scheduler(store, [NOW_MS])
+    await sched.accept("1-0", {"service": "suno", "id": "t1"})  # already tracked: no first poll falls due
+    assert ("suno", "default") not in sched._plans and sched.counters["accepted"] == 1
+
+
+async def test_a_new_queue_heard_of_during_the_claims_is_planned_for(backend: Backend) -> None:
+    class AnnouncingStore(Store):
+        async def claim(self, *args: Any, **kwargs: Any) -> Claimed | Wait:
+            sched.expect("suno", "backup", NOW_MS + 300)  # announced while this claim was on its way
+            return await super().claim(*args, **kwargs)
+
+    store = AnnouncingStore(backend.redis)
+    await register(store, "t1", 30)
+    sched, _ = scheduler(store, [NOW_MS], claim_idle_ms=5_000)
+    assert await sched.claim_step() == pytest.approx(0.3)
+
+
 async def test_a_refused_claim_does_not_cede_the_queue(backend: Backend) -> None:
     store = backend.store()
     for task_id in ("t1", "t2"):
@@ -184,6 +227,9 @@ async def test_a_refused_claim_does_not_cede_the_queue(backend: Backend) -> None
     sleep_s = await b.claim_step()
     assert a_queue.polls == [["t1"]] and b_queue.polls == []
     assert not b._plans[("suno", "default")].ceded and 0 < sleep_s <= 1.1
+    # a ceded queue refused by the budget is looked at again when the budget allows, not a look later
+    b._plans[("suno", "default")] = QueuePlan(clock_ms[0], ceded=True)
+    assert 0 < await b.claim_step() <= 1.1
 
 
 async def test_the_outbox_loop_sleeps_until_its_soonest_delivery(backend: Backend) -> None:

@@ -59,6 +59,24 @@ async def test_claims_are_exclusive_until_the_lease_ends(backend: Backend) -> No
     assert isinstance(third, Claimed) and sorted(third[1]) == ["t0", "t1", "t2"]
 
 
+async def test_a_claim_says_taken_only_when_another_worker_claimed_since_its_plan(backend: Backend) -> None:
+    store = backend.store()
+    for i in range(2):
+        await register(store, f"t{i}")
+    await register(store, "later", now_ms=NOW_MS + 60_000)
+    due_ms = NOW_MS + 3000
+    exact = {**CLAIM, "coalesce_ms": 0}
+    got = await store.claim("suno", "default", due_ms, **exact, worker="w1", planned_ms=due_ms)
+    assert isinstance(got, Claimed) and sorted(got.ids) == ["t0", "t1"]
+    # w2 was told the same ids fall due then: w1 took them, and plans for the queue
+    assert (await store.claim("suno", "default", due_ms + 2, **exact, worker="w2", planned_ms=due_ms)).why == "taken"
+    # no plan (a look), or its own claim, or a plan made after w1's claim: nothing was taken from it
+    assert (await store.claim("suno", "default", due_ms + 2, **exact, worker="w2")).why == "later"
+    assert (await store.claim("suno", "default", due_ms + 2, **exact, worker="w1", planned_ms=due_ms)).why == "later"
+    later = {**exact, "worker": "w2", "planned_ms": due_ms + 1000}
+    assert (await store.claim("suno", "default", due_ms + 1000, **later)).why == "later"
+
+
 async def test_a_claim_reads_what_its_poll_needs_in_the_same_step(backend: Backend) -> None:
     store = backend.store()
     for i in range(3):

@@ -105,24 +105,22 @@ class QueuePlan:
 
     #: epoch ms of the next claim (0: at once)
     at_ms: int = 0
-    #: ``at_ms`` is when an id falls due (a claim's answer, or an ``expect``), not just a look: a
-    #: claim then that finds none lost a race to another worker. (Not this worker's own claim,
-    #: topping up a batch with ids due soon: an ``expect`` comes from a poll, and ids polled less
-    #: than ``min_repoll_ms`` ago are not taken early; an answer is the queue's soonest due.)
+    #: ``at_ms`` is when an id falls due (a claim's answer, or an ``expect``), not just a look
     due: bool = False
-    #: another worker claims this queue's due ids in time (a claim planned for one found it gone):
-    #: this worker only looks at it every idle period, so two workers do not both wake for every
-    #: due id and one find nothing; until a look finds ids still due (that worker fell behind or
-    #: stopped) and takes them
+    #: another worker claims this queue's due ids in time (a claim planned for one found it taken
+    #: by that worker): this worker only looks at the queue every idle period, so two workers do
+    #: not both wake for every due id and one find nothing; until a claim takes something (that
+    #: worker fell behind, or died) or a task is announced on the wake channel
     ceded: bool = False
 
     def settle(self, now_ms: int, wait_ms: int, idle_ms: int, *, due: bool) -> None:
         """Plan the next claim ``wait_ms`` on (-1: nothing is due at all, look after ``idle_ms``),
-        unless an ``expect`` during the claim planned it sooner."""
+        unless an ``expect`` during the claim planned it sooner. ``due``: an id falls due then (else
+        a refusal ends)."""
         at_ms = now_ms + (wait_ms if wait_ms >= 0 else idle_ms)
         due = due and wait_ms >= 0
-        if self.ceded and at_ms < now_ms + idle_ms:
-            at_ms, due = now_ms + idle_ms, False
+        if self.ceded and due:  # the worker this queue is ceded to plans for its due ids
+            at_ms, due = max(at_ms, now_ms + idle_ms), False
         if at_ms < self.at_ms:
             self.at_ms, self.due = at_ms, due
 
@@ -204,16 +202,17 @@ class Scheduler:
         if waker is not None:
             waker.set()
 
-    def expect(self, service: str, token: str, due_ms: int) -> None:
+    def expect(self, service: str, token: str, due_ms: int, *, ceded_too: bool = True) -> None:
         """A task of this queue falls due at ``due_ms``, scheduled outside the claim loop (this
-        worker's poll or registration, or the wake channel): make sure the claim loop claims it by
-        then, unless another worker does (the queue is ceded)."""
+        worker's poll, registration, or the wake channel): make sure the claim loop claims it by
+        then. Also for a ceded queue (``ceded_too``): the worker it is ceded to may not know this
+        due time (a poll here of a batch it claimed, queued as a job while its slots were taken)."""
         queue = (service, token)
         plan = self._plans.get(queue)
         if plan is None:
             self._plans[queue] = QueuePlan(due_ms, due=True)
             self._queues = sorted({*self._queues, queue})
-        elif due_ms < plan.at_ms and not plan.ceded:
+        elif due_ms < plan.at_ms and (ceded_too or not plan.ceded):
             plan.at_ms, plan.due = due_ms, True
         else:
             return
@@ -266,14 +265,15 @@ class Scheduler:
             metrics.INTAKE.labels("rejected").inc()
             logger.warning("intake entry %s rejected: %s", entry_id, e.message)
             return
-        await self.store.register(
+        created, _ = await self.store.register(
             req,
             now_ms,
             deadline_s=self.cadence.deadline_s,
             first_poll_s=self.cadence.first_poll_s,
             intake_entry=entry_id,
         )
-        self.expect(req.service, req.token, first_poll_ms(now_ms, self.cadence.first_poll_s))
+        if created:  # a ceded queue's claims say when it falls due to the worker that claims them
+            self.expect(req.service, req.token, first_poll_ms(now_ms, self.cadence.first_poll_s), ceded_too=False)
         self.counters["accepted"] += 1
         metrics.INTAKE.labels("accepted").inc()
 
@@ -343,30 +343,30 @@ class Scheduler:
                 await self._claim_queue(queue, plan)
         now_ms = self.clock()
         look_ms = now_ms + self.claim_idle_ms
-        self._claim_wake_ms = min([look_ms, *(self._plans[q].at_ms for q in queues)])
+        # every plan, a new queue's too: one an ``expect`` made during the claims did not nudge
+        self._claim_wake_ms = min([look_ms, *(plan.at_ms for plan in self._plans.values())])
         return max(self._claim_wake_ms - now_ms, 1) / 1000
 
     async def _claim_queue(self, queue: tuple[str, str], plan: QueuePlan) -> None:
         """Claim the queue's due batches, then plan its next claim from the last answer."""
-        expected_due = plan.due
+        planned_ms = plan.at_ms if plan.due else 0
         while not self.stopping.is_set():
             now_ms, idle_ms = self.clock(), self.claim_idle_ms
             # a look, unless the answer knows better, or a poll ``expect``s a due during the claim
             plan.at_ms, plan.due = now_ms + idle_ms, False
-            got = await self._claim(queue, now_ms)
+            got = await self._claim(queue, now_ms, planned_ms)
             if isinstance(got, Wait):
-                if got.why == "later" and expected_due:
-                    plan.ceded = True  # planned for a due id and found none: another worker took it
-                plan.settle(now_ms, got.ms, idle_ms, due=got.why == "later")
+                plan.ceded = plan.ceded or got.why == "taken"
+                plan.settle(now_ms, got.ms, idle_ms, due=got.why in ("later", "taken"))
                 return
-            plan.ceded = expected_due = False
+            plan.ceded, planned_ms = False, 0
             self.counters["claims"] += 1
             await self.queue.poll(*queue, got)
             if got.next_ms != 0:  # nothing more is due now: the claim said when the next id falls due
                 plan.settle(now_ms, got.next_ms, idle_ms, due=True)
                 return
 
-    async def _claim(self, queue: tuple[str, str], now_ms: int) -> Claimed | Wait:
+    async def _claim(self, queue: tuple[str, str], now_ms: int, planned_ms: int) -> Claimed | Wait:
         return await self.store.claim(
             *queue,
             now_ms,
@@ -376,6 +376,8 @@ class Scheduler:
             rate_rps=self.cadence.rate_limit_rps,
             min_repoll_ms=self.cadence.min_repoll_ms,
             early_ms=CLAIM_SLACK_MS,
+            worker=self.worker_id,
+            planned_ms=planned_ms,
         )
 
     async def _known_queues(self) -> list[tuple[str, str]]:

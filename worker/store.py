@@ -77,7 +77,8 @@ class Wait:
 
     #: ms until a claim can take something (-1: no id is due at all)
     ms: int
-    #: 'paused', 'backoff', 'rate' (refused), 'later' (no id is due yet) or 'empty' (none pending)
+    #: 'paused', 'backoff', 'rate' (refused), 'empty' (none pending), 'later' (no id is due yet) or
+    #: 'taken' (none is due: another worker took the ids due when the claimer planned)
     why: str
 
 
@@ -337,6 +338,10 @@ class Store:
     def backoff_key(self, service: str, token: str) -> str:
         return f"{self.prefix}:backoff:{service}:{token}"
 
+    def claimer_key(self, service: str, token: str) -> str:
+        """The worker that last claimed a batch of the queue, and when: '<worker id>|<ms>' (a lease)."""
+        return f"{self.prefix}:claimer:{service}:{token}"
+
     def paused_key(self, token: str) -> str:
         return f"{self.prefix}:paused:{token}"
 
@@ -556,11 +561,15 @@ class Store:
         rate_rps: float,
         min_repoll_ms: int = 0,
         early_ms: int = 0,
+        worker: str = "",
+        planned_ms: int = 0,
     ) -> Claimed | Wait:
         """Claim a batch of due ids: returns the ``Claimed`` batch, or the ``Wait`` until one can be.
 
         Ids due within ``early_ms`` count as due now. Ids due within ``coalesce_ms`` top the batch
-        up, except those polled less than ``min_repoll_ms`` ago.
+        up, except those polled less than ``min_repoll_ms`` ago. ``worker`` claims, told that an id
+        falls due at ``planned_ms`` (0: a look): a ``Wait`` says 'taken' when another worker claimed
+        the queue since then.
         """
         claim_id = uuid.uuid4().hex
         emission_ms = RATE_HEADROOM * 1000.0 / rate_rps
@@ -569,6 +578,7 @@ class Store:
             self.backoff_key(service, token),
             self.paused_key(token),
             self.rate_key(token),
+            self.claimer_key(service, token),
         ]
         args: list[Any] = [
             now_ms,
@@ -581,6 +591,8 @@ class Store:
             self.task_prefix(service),
             min_repoll_ms,
             early_ms,
+            worker,
+            planned_ms,
         ]
         reply = await self._scripts["claim"](keys=keys, args=args)
         if int(reply[0]) == 0:

@@ -5,13 +5,16 @@
 -- asked again moments after its last answer). A claimed id's due score becomes now + lease:
 -- if the claimer dies, the id is due again after the lease; a finished poll reschedules it
 -- (only with its claim id).
--- KEYS: 1 due zset, 2 backoff hash, 3 paused key, 4 rate key
+-- KEYS: 1 due zset, 2 backoff hash, 3 paused key, 4 rate key, 5 last claimer key
 -- ARGV: 1 now_ms, 2 coalesce_ms, 3 lease_ms, 4 batch size, 5 claim id, 6 emission_ms,
 --       7 burst tolerance ms, 8 task key prefix ('{p}:task:{service}:'), 9 min_repoll_ms,
 --       10 early_ms: an id due within this is due now (a claimer's timer may fire a few ms
---       early; without it, that claim would find nothing and the claimer would ask again)
+--       early; without it, that claim would find nothing and the claimer would ask again),
+--       11 worker id, 12 planned_ms: when the claimer was told an id falls due (0: just a look)
 -- Returns {1, next_ms, ids, rows} when claimed, else {0, wait_ms, why} (wait_ms -1: nothing is due at
--- all); why: 'paused', 'backoff', 'rate' (the refusals), 'later' (no id is due yet), 'empty'.
+-- all); why: 'paused', 'backoff', 'rate' (the refusals), 'empty', 'later' (no id is due yet), or
+-- 'taken': none is due, and another worker claimed this queue since the ids due at planned_ms could
+-- be taken (topped up into its batch, coalesce_ms early): it took them, and it plans for this queue.
 -- next_ms: 0 when more ids are due now (the batch is full), else the ms until the next id falls due
 -- (-1: none left), so the claimer need not ask again to learn it. rows: each claimed id's
 -- pending_row (_rows.lua), so the poll need not read them in a round trip of its own.
@@ -24,12 +27,23 @@ local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #first == 0 then return {0, -1, 'empty'} end
 local first_due = tonumber(first[2])
 local due_by = now + tonumber(ARGV[10] or '0')
-if first_due > due_by then return {0, first_due - now, 'later'} end
+if first_due > due_by then
+  local planned = tonumber(ARGV[12] or '0')
+  local last = planned > 0 and redis.call('GET', KEYS[5])
+  if last then
+    local who, at = string.match(last, '^(.*)|(%d+)$')
+    if who ~= ARGV[11] and tonumber(at) >= planned - tonumber(ARGV[2]) - tonumber(ARGV[10]) then
+      return {0, first_due - now, 'taken'}
+    end
+  end
+  return {0, first_due - now, 'later'}
+end
 local tat = math.max(tonumber(redis.call('GET', KEYS[4]) or '0'), now)
 local allow_at = tat - tonumber(ARGV[7])
 if now < allow_at then return {0, allow_at - now, 'rate'} end
 local new_tat = tat + tonumber(ARGV[6])
 redis.call('SET', KEYS[4], new_tat, 'PX', math.ceil(new_tat - now) + 1000)
+redis.call('SET', KEYS[5], ARGV[11] .. '|' .. now, 'PX', ARGV[3])
 local batch = tonumber(ARGV[4])
 local recent = now - tonumber(ARGV[9] or '0')
 local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', math.max(due_by, now + tonumber(ARGV[2])), 'WITHSCORES', 'LIMIT', 0, batch * 2)

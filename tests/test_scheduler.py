@@ -182,13 +182,14 @@ async def test_a_lone_worker_never_cedes_its_queue(backend: Backend) -> None:
     assert not sched._plans[("suno", "default")].ceded and queue.polls == []
 
 
-async def test_a_ceded_queue_hears_its_own_polls_but_not_its_registrations(backend: Backend) -> None:
+async def test_a_ceded_queue_is_taken_back_by_its_own_polls_but_not_its_registrations(backend: Backend) -> None:
     sched, _ = scheduler(backend.store(), [NOW_MS])
     sched._plans[("suno", "default")] = plan = QueuePlan(NOW_MS + 5000, ceded=True)
     await sched.accept("1-0", {"service": "suno", "id": "new"})  # the worker it is ceded to learns of it
     assert plan.at_ms == NOW_MS + 5000
-    sched.expect("suno", "default", NOW_MS + 700)  # a batch the other worker claimed, polled here
-    assert plan.at_ms == NOW_MS + 700 and plan.ceded
+    # a batch the other worker claimed, polled here: only this worker knows when its ids fall due
+    sched.expect("suno", "default", NOW_MS + 700)
+    assert plan.at_ms == NOW_MS + 700 and not plan.ceded
 
 
 async def test_a_registration_that_creates_nothing_plans_nothing(backend: Backend) -> None:
@@ -227,6 +228,7 @@ async def test_a_refused_claim_does_not_cede_the_queue(backend: Backend) -> None
     sleep_s = await b.claim_step()
     assert a_queue.polls == [["t1"]] and b_queue.polls == []
     assert not b._plans[("suno", "default")].ceded and 0 < sleep_s <= 1.1
+    assert (await backend.redis.get(store.claimer_key("suno", "default"))).startswith(f"{a.worker_id}|")
     # a ceded queue refused by the budget is looked at again when the budget allows, not a look later
     b._plans[("suno", "default")] = QueuePlan(clock_ms[0], ceded=True)
     assert 0 < await b.claim_step() <= 1.1

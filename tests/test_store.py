@@ -75,6 +75,10 @@ async def test_a_claim_says_taken_only_when_another_worker_claimed_since_its_pla
     assert (await store.claim("suno", "default", due_ms + 2, **exact, worker="w1", planned_ms=due_ms)).why == "later"
     later = {**exact, "worker": "w2", "planned_ms": due_ms + 1000}
     assert (await store.claim("suno", "default", due_ms + 1000, **later)).why == "later"
+    # w1 may have topped its batch up with ids due up to coalesce_ms (+ early_ms) after its claim
+    window = {**CLAIM, "early_ms": 5, "worker": "w2"}
+    assert (await store.claim("suno", "default", due_ms + 2, **window, planned_ms=due_ms + 1005)).why == "taken"
+    assert (await store.claim("suno", "default", due_ms + 2, **window, planned_ms=due_ms + 1006)).why == "later"
 
 
 async def test_a_claim_reads_what_its_poll_needs_in_the_same_step(backend: Backend) -> None:

@@ -202,17 +202,23 @@ class Scheduler:
         if waker is not None:
             waker.set()
 
-    def expect(self, service: str, token: str, due_ms: int, *, ceded_too: bool = True) -> None:
+    def expect(self, service: str, token: str, due_ms: int) -> None:
         """A task of this queue falls due at ``due_ms``, scheduled outside the claim loop (this
-        worker's poll, registration, or the wake channel): make sure the claim loop claims it by
-        then. Also for a ceded queue (``ceded_too``): the worker it is ceded to may not know this
-        due time (a poll here of a batch it claimed, queued as a job while its slots were taken)."""
+        worker's poll, or the wake channel): make sure the claim loop claims it by then. A ceded
+        queue is taken back: no other worker may know this due time (a poll here of a batch it
+        claimed, queued as a job while its slots were taken; an announced task)."""
+        plan = self._plans.get((service, token))
+        if plan is not None:
+            plan.ceded = False
+        self._plan(service, token, due_ms)
+
+    def _plan(self, service: str, token: str, due_ms: int) -> None:
         queue = (service, token)
         plan = self._plans.get(queue)
         if plan is None:
             self._plans[queue] = QueuePlan(due_ms, due=True)
             self._queues = sorted({*self._queues, queue})
-        elif due_ms < plan.at_ms and (ceded_too or not plan.ceded):
+        elif due_ms < plan.at_ms and not plan.ceded:
             plan.at_ms, plan.due = due_ms, True
         else:
             return
@@ -273,7 +279,7 @@ class Scheduler:
             intake_entry=entry_id,
         )
         if created:  # a ceded queue's claims say when it falls due to the worker that claims them
-            self.expect(req.service, req.token, first_poll_ms(now_ms, self.cadence.first_poll_s), ceded_too=False)
+            self._plan(req.service, req.token, first_poll_ms(now_ms, self.cadence.first_poll_s))
         self.counters["accepted"] += 1
         metrics.INTAKE.labels("accepted").inc()
 
@@ -300,20 +306,14 @@ class Scheduler:
                 # what was registered before the subscription is not announced: look now
                 self._look_at_every_queue()
                 async for service, token, due_ms in wakes:
-                    self._announced(service, token, due_ms)
+                    # due sooner than any task its queue had: no worker planned for it, not even
+                    # the one this worker ceded the queue to (it may be the one that released it)
+                    self.expect(service, token, due_ms)
             except REDIS_DOWN as e:
                 logger.warning("wake channel lost (%s); subscribing again in %.1fs", e, RESUBSCRIBE_S)
             finally:
                 self._subscribed = False
         return RESUBSCRIBE_S
-
-    def _announced(self, service: str, token: str, due_ms: int) -> None:
-        # a task due sooner than any its queue had: no worker planned for it, not even the one this
-        # worker ceded the queue to (it may be the one that released it, stopping)
-        plan = self._plans.get((service, token))
-        if plan is not None:
-            plan.ceded = False
-        self.expect(service, token, due_ms)
 
     def _look_at_every_queue(self) -> None:
         self._queues_read_ms = -(10**15)

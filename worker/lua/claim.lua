@@ -32,7 +32,7 @@ if first_due > due_by then
   local last = planned > 0 and redis.call('GET', KEYS[5])
   if last then
     local who, at = string.match(last, '^(.*)|(%d+)$')
-    if who ~= ARGV[11] and tonumber(at) >= planned - tonumber(ARGV[2]) - tonumber(ARGV[10]) then
+    if at and who ~= ARGV[11] and tonumber(at) >= planned - tonumber(ARGV[2]) - tonumber(ARGV[10]) then
       return {0, first_due - now, 'taken'}
     end
   end
@@ -43,7 +43,7 @@ local allow_at = tat - tonumber(ARGV[7])
 if now < allow_at then return {0, allow_at - now, 'rate'} end
 local new_tat = tat + tonumber(ARGV[6])
 redis.call('SET', KEYS[4], new_tat, 'PX', math.ceil(new_tat - now) + 1000)
-redis.call('SET', KEYS[5], ARGV[11] .. '|' .. now, 'PX', ARGV[3])
+redis.call('SET', KEYS[5], ARGV[11] .. '|' .. ARGV[1], 'PX', math.max(1, tonumber(ARGV[3])))
 local batch = tonumber(ARGV[4])
 local recent = now - tonumber(ARGV[9] or '0')
 local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', math.max(due_by, now + tonumber(ARGV[2])), 'WITHSCORES', 'LIMIT', 0, batch * 2)

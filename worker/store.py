@@ -53,6 +53,8 @@ PRELUDES: dict[str, tuple[str, ...]] = {
     "finish": ("_events",),
     "claim": ("_rows",),
     "load": ("_rows",),
+    "register": ("_wake",),
+    "release": ("_wake",),
 }
 
 

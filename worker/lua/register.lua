@@ -19,7 +19,7 @@ if (not state) or (ARGV[8] == '1' and state ~= 'pending') then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
   local new_queue = redis.call('SADD', KEYS[3], ARGV[4])
   if new_queue == 1 or #soonest == 0 or tonumber(soonest[2]) > tonumber(ARGV[3]) then
-    redis.call('PUBLISH', ARGV[11], ARGV[4] .. '|' .. ARGV[3])
+    announce(ARGV[11], ARGV[4], ARGV[3])
   end
   redis.call('SADD', KEYS[4], ARGV[5])
   redis.call('ZREM', KEYS[7], ARGV[6])

@@ -16,7 +16,7 @@ end
 if n > 0 then
   local soonest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   if soonest[2] and tonumber(soonest[2]) >= tonumber(ARGV[2]) then
-    redis.call('PUBLISH', ARGV[4], ARGV[5] .. '|' .. ARGV[2])
+    announce(ARGV[4], ARGV[5], ARGV[2])
   end
 end
 return n

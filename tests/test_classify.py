@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -31,6 +32,7 @@ from worker.classify import (
     decide,
     fingerprint,
     first_poll_ms,
+    has_final_artifact,
     is_preview_url,
     is_terminal,
     item_state,
@@ -251,6 +253,10 @@ PREVIEW_CASES = [
     ("https://example.com/audiopipe.suno.ai", False),
     ("ftp://audiopipe.suno.ai/x", False),
     ("audiopipe.suno.ai/x", False),
+    # the fast paths (no preview host named; an http(s) prefix) agree with urlsplit on the rest
+    ("HTTPS://audiopipe.suno.ai/x", True),
+    (" https://audiopipe.suno.ai/x", True),
+    ("https://user@audiopipe.suno.ai/x", True),
     ("", False),
     (None, False),
 ]
@@ -259,6 +265,14 @@ PREVIEW_CASES = [
 @pytest.mark.parametrize(("url", "expected"), PREVIEW_CASES, ids=[repr(u) for u, _ in PREVIEW_CASES])
 def test_is_preview_url(url: str | None, expected: bool) -> None:
     assert is_preview_url(url) is expected
+
+
+@pytest.mark.parametrize(
+    "url", [CDN_MP3, "HTTP://cdn1.suno.ai/a.mp3", " https://cdn1.suno.ai/a.mp3", "ftp://cdn1.suno.ai/a", "cdn1/a", ""]
+)
+def test_final_artifact_url_rule_is_urlsplit_scheme(url: str) -> None:
+    item = UpstreamItem.from_wire({"id": "c", "audio_url": url})
+    assert has_final_artifact(item) is (urlsplit(url).scheme in ("http", "https"))
 
 
 # --- is_terminal ------------------------------------------------------------------------------
@@ -959,3 +973,13 @@ def test_a_ratio_is_not_stretched_past_the_oldest_age_it_was_learned_at() -> Non
     assert learned.earliest_for(((44_000, 44_000),)) == pytest.approx(132.0)
     # still queued at 63 s: stuck in a backlog, not a task 3x as long: the age rule alone
     assert learned.earliest_for(((63_000, 63_000),)) == learned.earliest_s
+
+
+def test_record_evolve_copies_with_changes_and_refuses_unknown_fields() -> None:
+    before = Record(service="suno", id="t1", meta={"user": "u1"}, attempts=2)
+    after = before.evolve(attempts=3, progress=40)
+    assert (after.attempts, after.progress, after.meta) == (3, 40, {"user": "u1"})
+    assert (before.attempts, before.progress) == (2, None)  # the original is untouched
+    assert after == Record(service="suno", id="t1", meta={"user": "u1"}, attempts=3, progress=40)
+    with pytest.raises(TypeError, match="progres"):
+        before.evolve(progres=1)

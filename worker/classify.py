@@ -11,7 +11,7 @@ import hashlib
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -96,16 +96,31 @@ class Decision:
         return self.record.terminal
 
 
-# the same clip URLs come back poll after poll: parse each once
-@functools.lru_cache(maxsize=8192)
 def _is_http_url(url: str | None) -> bool:
-    return url is not None and urlsplit(url).scheme in ("http", "https")
+    # nearly every URL starts just so; each clip's URLs are new, so a cache alone would not spare
+    # their parse. The rest (upper case, leading spaces) are parsed as ``urlsplit`` reads them.
+    if url is None:
+        return False
+    return url.startswith(("https://", "http://")) or _parsed_http_scheme(url)
 
 
 @functools.lru_cache(maxsize=8192)
+def _parsed_http_scheme(url: str) -> bool:
+    return urlsplit(url).scheme in ("http", "https")
+
+
 def is_preview_url(url: str | None) -> bool:
     """True for a streaming-preview URL, which never means the clip is done."""
-    return _is_http_url(url) and (urlsplit(url or "").hostname or "").lower() in PREVIEW_HOSTS
+    # a URL names a preview host only if the host's name is in it: most URLs (each clip's are new,
+    # so no cache helps) need no parse
+    if not url or not any(host in url.lower() for host in PREVIEW_HOSTS):
+        return False
+    return _names_preview_host(url)
+
+
+@functools.lru_cache(maxsize=8192)
+def _names_preview_host(url: str) -> bool:
+    return _is_http_url(url) and (urlsplit(url).hostname or "").lower() in PREVIEW_HOSTS
 
 
 def _final_urls(item: UpstreamItem) -> list[str]:
@@ -210,12 +225,7 @@ def _clip_error(clips: Sequence[Clip]) -> dict[str, str | None] | None:
 
 def _finish(record: Record, task: UpstreamTask, now_ms: int) -> Record:
     succeeded = any(c.state is ClipState.SUCCEEDED for c in record.clips)
-    final = replace(
-        record,
-        finished_at_ms=now_ms,
-        upstream_finished_at=task.finished_at,
-        response=task.raw,
-    )
+    final = record.evolve(finished_at_ms=now_ms, upstream_finished_at=task.finished_at, response=task.raw)
     if succeeded:
         final.state = TaskState.SUCCEEDED
         final.partial = any(c.state is not ClipState.SUCCEEDED for c in record.clips)
@@ -228,8 +238,7 @@ def _finish(record: Record, task: UpstreamTask, now_ms: int) -> Record:
 
 def fail(record: Record, reason: Reason, now_ms: int, error: dict[str, str | None] | None = None) -> Record:
     """A copy of ``record`` failed for ``reason`` (clips kept as last seen)."""
-    return replace(
-        record,
+    return record.evolve(
         state=TaskState.FAILED,
         reason=reason,
         partial=any(c.state is ClipState.SUCCEEDED for c in record.clips),
@@ -248,8 +257,7 @@ def newly_succeeded(before: Sequence[Clip], after: Sequence[Clip]) -> list[Clip]
 def observe(task: UpstreamTask, record: Record, now_ms: int) -> Decision:
     """Apply one upstream observation to a pending record (no scheduling yet)."""
     clips = [to_clip(i) for i in task.items]
-    updated = replace(
-        record,
+    updated = record.evolve(
         clips=clips,
         progress=task_progress(clips, task.items),
         attempts=record.attempts + 1,
@@ -380,7 +388,7 @@ def _missing(
     record: Record, now_ms: int, missing_since_ms: int | None, policy: Policy, seen: bool, misses: int
 ) -> Decision:
     since_ms = now_ms if missing_since_ms is None else missing_since_ms
-    counted = replace(record, attempts=record.attempts + 1, updated_at_ms=now_ms)
+    counted = record.evolve(attempts=record.attempts + 1, updated_at_ms=now_ms)
     # an id the upstream has answered for exists: leaving it out of one answer is a glitch
     # and one answer glitch, or a grace spent mostly in outages, is not enough either
     if not seen and misses + 1 >= MIN_MISSES and now_ms - since_ms >= policy.not_found_grace_s * 1000:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging.config
 import sys
@@ -153,6 +154,9 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
     A worker's CPU goes mostly to waking up and to socket I/O (Redis round trips, the upstream's
     HTTP); uvloop does both in C, where asyncio's default loop does them in Python.
     """
+    # what the imports made lives as long as the process: out of the collector's sight, a full
+    # collection walks only what the service makes (about 60,000 objects fewer)
+    gc.freeze()
     try:
         import uvloop
     except ImportError:  # not on Windows, nor on PyPy: asyncio's own loop does the same job

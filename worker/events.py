@@ -22,8 +22,11 @@ def new_event_id() -> str:
     return "evt_" + uuid.uuid4().hex
 
 
-def event_fields(event_type: EventType, record: Record, now_ms: int, event_id: str) -> dict[str, str]:
-    """The flat string fields of one events-stream entry (``""`` stands for null)."""
+def event_fields(
+    event_type: EventType, record: Record, now_ms: int, event_id: str, record_json: str | None = None
+) -> dict[str, str]:
+    """The flat string fields of one events-stream entry (``""`` stands for null); ``record_json``:
+    the record as JSON, when the caller has it already."""
     return {
         "event_id": event_id,
         "type": event_type.value,
@@ -33,7 +36,7 @@ def event_fields(event_type: EventType, record: Record, now_ms: int, event_id: s
         "reason": record.reason.value if record.reason else "",
         "progress": "" if record.progress is None else str(record.progress),
         "at_ms": str(now_ms),
-        "record": codec.dumps(record.to_dict()).decode(),
+        "record": record_json if record_json is not None else codec.dumps(record.to_dict()).decode(),
     }
 
 
@@ -92,8 +95,10 @@ def build_events(
     fresh = iter(newly_succeeded(before.clips, after.clips))
     out: list[OutEvent] = []
     seq = 0
+    # a clip's success and the task's end come in one decision: their events carry one record
+    record_json = codec.dumps(after.to_dict()).decode() if events else None
     for event_type in events:
-        fields = event_fields(event_type, after, now_ms, "evt_" + new_id())
+        fields = event_fields(event_type, after, now_ms, "evt_" + new_id(), record_json)
         if event_type is EventType.CLIP_SUCCEEDED:
             clip = next(fresh, None)
             fields["clip"] = codec.dumps(clip.to_dict() if clip else None).decode()

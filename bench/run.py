@@ -620,7 +620,16 @@ async def _measure(
 
 def _revision(src: Path) -> str:
     done = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return f" at {done.stdout.strip()}" if done.returncode == 0 else ""
+    if done.returncode != 0:
+        return ""
+    # a run of work in progress says so: its figures are not the commit's
+    changed = subprocess.run(
+        ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "--", "worker", "config"],
+        capture_output=True,
+        text=True,
+    )
+    dirty = " with uncommitted changes to worker/ or config/" if changed.stdout.strip() else ""
+    return f" at {done.stdout.strip()}{dirty}"
 
 
 async def _acetrack_run(

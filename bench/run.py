@@ -624,7 +624,7 @@ def _revision(src: Path) -> str:
         return ""
     # a run of work in progress says so: its figures are not the commit's
     changed = subprocess.run(
-        ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "--", "worker", "config"],
+        ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=normal", "--", "worker", "config"],
         capture_output=True,
         text=True,
     )

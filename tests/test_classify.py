@@ -257,6 +257,9 @@ PREVIEW_CASES = [
     ("HTTPS://audiopipe.suno.ai/x", True),
     (" https://audiopipe.suno.ai/x", True),
     ("https://user@audiopipe.suno.ai/x", True),
+    ("https://audio\tpipe.suno.ai/x", True),  # urlsplit drops tabs and line breaks anywhere
+    ("https://audiopipe.suno\n.ai/x", True),
+    ("https://[audiopipe.suno.ai]/x", False),  # a malformed host: no preview, and no error
     ("", False),
     (None, False),
 ]
@@ -273,6 +276,15 @@ def test_is_preview_url(url: str | None, expected: bool) -> None:
 def test_final_artifact_url_rule_is_urlsplit_scheme(url: str) -> None:
     item = UpstreamItem.from_wire({"id": "c", "audio_url": url})
     assert has_final_artifact(item) is (urlsplit(url).scheme in ("http", "https"))
+
+
+@pytest.mark.parametrize("url", ["http://[::1/x", "http://]x/a", "https://[evil]/x", "https://cdn1.suno.ai\uff03/x"])
+def test_a_url_urlsplit_refuses_is_no_artifact_and_fails_nothing(url: str) -> None:
+    with pytest.raises(ValueError):
+        urlsplit(url)
+    item = UpstreamItem.from_wire({"id": "c", "audio_url": url})
+    assert has_final_artifact(item) is False
+    assert is_preview_url(url) is False
 
 
 # --- is_terminal ------------------------------------------------------------------------------

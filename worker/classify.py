@@ -97,30 +97,43 @@ class Decision:
 
 
 def _is_http_url(url: str | None) -> bool:
-    # nearly every URL starts just so; each clip's URLs are new, so a cache alone would not spare
-    # their parse. The rest (upper case, leading spaces) are parsed as ``urlsplit`` reads them.
+    # nearly every URL starts just so and has a plain host; each clip's URLs are new, so a cache
+    # alone would not spare their parse. The rest (upper case, leading spaces, brackets, non-ASCII)
+    # are parsed as ``urlsplit`` reads them.
     if url is None:
         return False
-    return url.startswith(("https://", "http://")) or _parsed_http_scheme(url)
+    if url.startswith(("https://", "http://")) and url.isascii() and "[" not in url and "]" not in url:
+        return True
+    return _parsed_http_scheme(url)
 
 
 @functools.lru_cache(maxsize=8192)
 def _parsed_http_scheme(url: str) -> bool:
-    return urlsplit(url).scheme in ("http", "https")
+    try:
+        return urlsplit(url).scheme in ("http", "https")
+    except ValueError:  # a malformed host ('http://[::1/x'): no artifact, and no reason to fail the batch
+        return False
 
 
 def is_preview_url(url: str | None) -> bool:
     """True for a streaming-preview URL, which never means the clip is done."""
-    # a URL names a preview host only if the host's name is in it: most URLs (each clip's are new,
-    # so no cache helps) need no parse
-    if not url or not any(host in url.lower() for host in PREVIEW_HOSTS):
+    # a URL names a preview host only if the host's name is in it (``urlsplit`` drops tabs and line
+    # breaks anywhere first): most URLs (each clip's are new, so no cache helps) need no parse
+    if not url:
+        return False
+    lowered = url.lower()
+    dropped = "\t" in url or "\r" in url or "\n" in url
+    if not dropped and not any(host in lowered for host in PREVIEW_HOSTS):
         return False
     return _names_preview_host(url)
 
 
 @functools.lru_cache(maxsize=8192)
 def _names_preview_host(url: str) -> bool:
-    return _is_http_url(url) and (urlsplit(url).hostname or "").lower() in PREVIEW_HOSTS
+    try:
+        return _is_http_url(url) and (urlsplit(url).hostname or "").lower() in PREVIEW_HOSTS
+    except ValueError:  # a malformed host names no preview host
+        return False
 
 
 def _final_urls(item: UpstreamItem) -> list[str]:

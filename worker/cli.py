@@ -155,7 +155,9 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
     HTTP); uvloop does both in C, where asyncio's default loop does them in Python.
     """
     # what the imports made lives as long as the process: out of the collector's sight, a full
-    # collection walks only what the service makes (about 60,000 objects fewer)
+    # collection walks only what the service makes (about 60,000 objects fewer). Every object in
+    # the process is frozen, so this runs once, for a process that runs this one service.
+    gc.collect()
     gc.freeze()
     try:
         import uvloop

@@ -255,10 +255,10 @@ class Record:
     def evolve(self, **changes: Any) -> Record:
         """A shallow copy with ``changes`` applied: ``dataclasses.replace`` without its per-call
         ``__init__`` (a third of the time), since this runs for every poll that changes a record."""
-        unknown = changes.keys() - self.__dict__.keys()
+        unknown = changes.keys() - self.__dataclass_fields__.keys()
         if unknown:
             raise TypeError(f"Record has no field(s) {sorted(unknown)}")
-        copy = object.__new__(Record)
+        copy = object.__new__(type(self))
         copy.__dict__.update(self.__dict__, **changes)
         return copy
 

@@ -22,11 +22,9 @@ def new_event_id() -> str:
     return "evt_" + uuid.uuid4().hex
 
 
-def event_fields(
-    event_type: EventType, record: Record, now_ms: int, event_id: str, record_json: str | None = None
-) -> dict[str, str]:
+def event_fields(event_type: EventType, record: Record, now_ms: int, event_id: str, record_json: str) -> dict[str, str]:
     """The flat string fields of one events-stream entry (``""`` stands for null); ``record_json``:
-    the record as JSON, when the caller has it already."""
+    ``record`` as JSON (one encoding serves all the events of a decision)."""
     return {
         "event_id": event_id,
         "type": event_type.value,
@@ -36,7 +34,7 @@ def event_fields(
         "reason": record.reason.value if record.reason else "",
         "progress": "" if record.progress is None else str(record.progress),
         "at_ms": str(now_ms),
-        "record": record_json if record_json is not None else codec.dumps(record.to_dict()).decode(),
+        "record": record_json,
     }
 
 
@@ -96,7 +94,7 @@ def build_events(
     out: list[OutEvent] = []
     seq = 0
     # a clip's success and the task's end come in one decision: their events carry one record
-    record_json = codec.dumps(after.to_dict()).decode() if events else None
+    record_json = codec.dumps(after.to_dict()).decode() if events else ""
     for event_type in events:
         fields = event_fields(event_type, after, now_ms, "evt_" + new_id(), record_json)
         if event_type is EventType.CLIP_SUCCEEDED:

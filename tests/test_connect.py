@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -57,3 +59,38 @@ async def test_a_real_server_reads_what_hiredis_packed(
         ).execute() == ["12", 1]
     finally:
         await client.aclose()
+
+
+@pytest.mark.realredis
+async def test_a_pooled_connection_with_an_unread_reply_is_replaced(
+    real_redis_url: str | None, request: pytest.FixtureRequest
+) -> None:
+    # the pool's readiness check reads the stream buffer: a reply nobody read must not answer the next command
+    client = create_redis(require_real_redis(real_redis_url, request))
+    try:
+        await client.set("acetrack-test:ready", "right")
+        pool = client.connection_pool
+        stale = await pool.get_connection()
+        await stale.send_command("ECHO", "stale")  # never read
+        await pool.release(stale)
+        await asyncio.sleep(0.05)  # the reply reaches the buffer
+        assert await client.get("acetrack-test:ready") == "right"
+        assert await client.delete("acetrack-test:ready") == 1
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.realredis
+async def test_a_pooled_connection_the_server_closed_is_connected_again(
+    real_redis_url: str | None, request: pytest.FixtureRequest
+) -> None:
+    url = require_real_redis(real_redis_url, request)
+    client, killer = create_redis(url), create_redis(url)
+    try:
+        own_id = await client.client_id()
+        assert await killer.client_kill_filter(_id=own_id) == 1
+        await asyncio.sleep(0.05)  # the close reaches the buffer
+        assert await client.client_id() != own_id  # answered, on a new connection
+    finally:
+        await client.aclose()
+        await killer.aclose()

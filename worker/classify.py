@@ -193,16 +193,10 @@ def to_clip(item: UpstreamItem) -> Clip:
     """The stored form of one item."""
     state = item_state(item)
     audio = item.audio_url if state is ClipState.SUCCEEDED or not is_preview_url(item.audio_url) else None
-    return Clip(
-        id=item.id,
-        title=item.title,
-        state=state,
-        audio_url=audio,
-        video_url=item.video_url if not is_preview_url(item.video_url) else None,
-        image_url=item.image_url,
-        duration_s=item.duration_s,
-        error=item.error if state is ClipState.FAILED else None,
-    )
+    video = item.video_url if not is_preview_url(item.video_url) else None
+    error = item.error if state is ClipState.FAILED else None
+    # positional: a clip is built for every item of every poll that changed
+    return Clip(item.id, item.title, state, audio, video, item.image_url, item.duration_s, error)
 
 
 def _item_done(item: UpstreamItem, state: ClipState) -> bool:

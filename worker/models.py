@@ -7,9 +7,9 @@ shape (``Record``). It does no I/O.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from worker.errors import UpstreamUnavailable
 
@@ -96,6 +96,10 @@ def error_of(value: Any) -> dict[str, str | None] | None:
     return None
 
 
+#: the text fields of an upstream item, as ``UpstreamItem.from_wire`` unpacks them
+_ITEM_TEXT_FIELDS = ("id", "title", "audio_url", "video_url", "image_url", "file_url", "url", "text", "lyric")
+
+
 @dataclass(slots=True)
 class UpstreamItem:
     """One element of ``response.data``, as sent (before any state is inferred)."""
@@ -115,24 +119,30 @@ class UpstreamItem:
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> UpstreamItem:
         """Read one item; tolerant of missing keys and string numbers."""
-        get = raw.get  # this runs for every item of every poll
+        get = raw.get  # this runs for every item of every poll that changed: no call per field
+        item_id, title, audio, video, image, file_url, url, text, lyric = [
+            v if isinstance(v, str) and v else None for v in map(get, _ITEM_TEXT_FIELDS)
+        ]
         word = get("state")
         if not isinstance(word, str):
             word = get("status")
-        err = error_of(get("error")) or error_of(get("error_message"))
-        file_url, url = _as_str(get("file_url")), _as_str(get("url"))
+        err_raw = get("error")
+        err = error_of(err_raw) if err_raw is not None else None
+        if err is None and (message := get("error_message")) is not None:
+            err = error_of(message)
+        duration = get("duration")
         return cls(
-            id=_as_str(get("id")),
-            title=_as_str(get("title")),
-            word=word.strip().lower() if isinstance(word, str) else None,
-            audio_url=_as_str(get("audio_url")),
-            video_url=_as_str(get("video_url")),
-            image_url=_as_str(get("image_url")),
-            other_urls=tuple(u for u in (file_url, url) if u) if file_url or url else (),
-            text=_as_str(get("text")) or _as_str(get("lyric")),
-            duration_s=_as_float(get("duration")),
-            progress=get("progress"),
-            error=err["message"] or err["code"] if err else None,
+            item_id,
+            title,
+            word.strip().lower() if isinstance(word, str) else None,
+            audio,
+            video,
+            image,
+            tuple(u for u in (file_url, url) if u) if file_url or url else (),
+            text or lyric,
+            _as_float(duration) if duration is not None else None,
+            get("progress"),
+            err["message"] or err["code"] if err else None,
         )
 
 
@@ -179,13 +189,16 @@ class UpstreamTask:
         data = response.get("data")
         entries = [data] if isinstance(data, dict) else data if isinstance(data, list) else []
         success = response.get("success")
+        # this runs for every id of every poll: no call for a field that is absent
+        finished_at, error, raw_error = raw.get("finished_at"), response.get("error"), raw.get("error")
         return cls(
-            id=task_id,
-            finished_at=_as_float(raw.get("finished_at")),
-            success=success if isinstance(success, bool) else None,
-            error=error_of(response.get("error")) or error_of(raw.get("error")),
-            entries=[e for e in entries if isinstance(e, dict)],
-            raw=raw,
+            task_id,
+            _as_float(finished_at) if finished_at is not None else None,
+            success if isinstance(success, bool) else None,
+            (error_of(error) if error is not None else None)
+            or (error_of(raw_error) if raw_error is not None else None),
+            [e for e in entries if isinstance(e, dict)],
+            raw,
         )
 
 
@@ -218,10 +231,11 @@ class Clip:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Clip:
         """Inverse of ``to_dict``; absent fields (compact storage drops nulls) are None."""
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        known.setdefault("id", None)
-        known.setdefault("title", None)
-        return cls(**{**known, "state": ClipState(data["state"])})
+        # positional, one C-level ``get`` per field: every poll that changes a record decodes its clips
+        values: list[Any] = [*map(data.get, _CLIP_FIELDS)]
+        clip = cls(*values)
+        clip.state = _enum_value(ClipState, _CLIP_STATES, data["state"])
+        return clip
 
 
 @dataclass
@@ -288,11 +302,19 @@ class Record:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
         """Inverse of ``to_dict``; tolerant of fields added by later versions."""
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        known["state"] = TaskState(known.get("state", "pending"))
-        known["reason"] = Reason(known["reason"]) if known.get("reason") else None
-        known["clips"] = [Clip.from_dict(c) for c in known.get("clips") or []]
-        return cls(**known)
+        if not _REQUIRED_RECORD_FIELDS <= data.keys():
+            raise TypeError(f"a record needs the field(s) {sorted(_REQUIRED_RECORD_FIELDS - data.keys())}")
+        # the defaults, then what is stored (minus fields of later versions), set without
+        # ``__init__``: every poll that changes a record decodes it
+        values = {**_RECORD_DEFAULTS, **data}
+        if len(values) != len(_RECORD_DEFAULTS):
+            values = {k: values[k] for k in _RECORD_DEFAULTS}
+        values["state"] = _enum_value(TaskState, _TASK_STATES, values["state"])
+        values["reason"] = _enum_value(Reason, _REASONS, values["reason"]) if values["reason"] else None
+        values["clips"] = [Clip.from_dict(c) for c in values["clips"] or ()]
+        record = object.__new__(cls)
+        record.__dict__ = values
+        return record
 
 
 @dataclass(frozen=True)
@@ -308,6 +330,25 @@ class OutEvent:
             "fields": [[k, v] for k, v in self.fields.items()],
             "deliveries": [{"id": d_id, "body": body} for d_id, body in self.deliveries],
         }
+
+
+_CLIP_FIELDS = tuple(Clip.__dataclass_fields__)
+#: each field's default (None where it has none, or a factory), in declaration order
+_RECORD_DEFAULTS: dict[str, Any] = {f.name: None if f.default is MISSING else f.default for f in fields(Record)}
+_REQUIRED_RECORD_FIELDS = frozenset(
+    f.name for f in fields(Record) if f.default is MISSING and f.default_factory is MISSING
+)
+_CLIP_STATES = {s.value: s for s in ClipState}
+_TASK_STATES = {s.value: s for s in TaskState}
+_REASONS = {r.value: r for r in Reason}
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _enum_value(enum: type[_E], members: dict[str, _E], value: Any) -> _E:
+    # a dict lookup, not the enum's call (several times slower); the call still raises the
+    # ValueError that names an unknown value
+    member = members.get(value) if isinstance(value, str) else None
+    return member if member is not None else enum(value)
 
 
 def compact(record: dict[str, Any]) -> dict[str, Any]:

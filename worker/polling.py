@@ -89,9 +89,10 @@ class Outcome:
         return classify.Sample((now_ms - self.task.enqueued_at_ms) / 1000, ok, self.marks)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Repeat:
-    """A poll whose answer repeated the last one: only its schedule moves (no record is decoded)."""
+    """A poll whose answer repeated the last one: only its schedule moves (no record is decoded).
+    Not frozen: most ids of a poll end as one, and a frozen dataclass is built several times slower."""
 
     task_id: str
     next_poll_ms: int

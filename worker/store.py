@@ -37,6 +37,8 @@ INTAKE_GROUP = "acetrack-workers"
 INTAKE_RECLAIM_MS = 30_000
 #: finished poll-time samples kept per service for learning its usual lifetime
 LIFETIME_SAMPLES = 200
+#: stage marks kept parsed and formatted (a task's marks repeat over most of its polls; ~200 B each)
+MARKS_CACHE = 16_384
 #: a service's back-off failure count is forgotten after an hour without failures
 BACKOFF_MEMORY_MS = 3_600_000
 #: requests are spaced 2% wider than the budget, so network jitter never bunches them over it
@@ -221,9 +223,18 @@ def _pending_rows(ids: Sequence[str], rows: Sequence[Sequence[str | None]]) -> d
 
 def marks_text(marks: Sequence[Mark | None]) -> str:
     """Stage marks as stored: ``lo:hi`` per stage, comma separated, empty where not reached."""
+    # a task's marks stay as they are over most of its polls: written (and read) from a cache
+    return _marks_text(marks) if type(marks) is tuple else _format_marks(marks)
+
+
+def _format_marks(marks: Sequence[Mark | None]) -> str:
     return ",".join(f"{m[0]}:{m[1]}" if m else "" for m in marks)
 
 
+_marks_text = functools.lru_cache(maxsize=MARKS_CACHE)(_format_marks)
+
+
+@functools.lru_cache(maxsize=MARKS_CACHE)
 def parse_marks(text: str | None) -> tuple[Mark | None, ...]:
     """Inverse of ``marks_text``."""
     out: list[Mark | None] = []

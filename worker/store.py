@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import codec
@@ -48,11 +48,13 @@ RATE_HEADROOM = 1.02
 WAKE_READ_S = 30.0
 #: errors that mean Redis is (for now) unreachable, as opposed to a bug
 REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
-SCRIPTS = ("register", "claim", "spend", "load", "touch", "update", "finish", "release", "take_outbox")
+SCRIPTS = ("register", "claim", "spend", "load", "touch", "update", "finish", "write", "release", "take_outbox")
 #: shared Lua preludes (``lua/_<name>.lua``) each script is prefixed with
 PRELUDES: dict[str, tuple[str, ...]] = {
-    "update": ("_events",),
-    "finish": ("_events",),
+    "update": ("_events", "_update"),
+    "finish": ("_events", "_finish"),
+    "touch": ("_touch",),
+    "write": ("_events", "_update", "_finish", "_touch"),
     "claim": ("_rows",),
     "load": ("_rows",),
     "register": ("_wake",),
@@ -88,7 +90,7 @@ class Wait:
 
 @dataclass(frozen=True)
 class ScriptCall:
-    """One call of one of the store's scripts, ready to run alone or in a pipeline."""
+    """One call of one of the store's scripts, ready to run alone or with others in one step (``run_calls``)."""
 
     script: str
     keys: list[str]
@@ -660,7 +662,7 @@ class Store:
         return ScriptCall("update", keys, args)
 
     def touch_call(self, service: str, token: str, claim_id: str, rows: Iterable[tuple[str, int, str]]) -> ScriptCall:
-        """One script call storing many observations that changed no record (see ``touch.lua``).
+        """One script call storing many observations that changed no record (see ``_touch.lua``).
 
         ``rows``: (task id, next due ms, scheduling fields after this poll).
         """
@@ -709,34 +711,24 @@ class Store:
     async def run_calls(
         self, calls: Sequence[ScriptCall], *, clear_backoff: tuple[str, str] | None = None
     ) -> list[bool]:
-        """Run many script calls in one round trip (each call is atomic on its own); True where it wrote
-        (for ``touch``: where it wrote any). ``clear_backoff``: a (service, token) whose request went
-        through, its past failures forgotten in the same round trip."""
+        """Run many script calls in one step (``write.lua``: one EVALSHA, not one command per call);
+        True where it wrote (for ``touch``: where it wrote any). ``clear_backoff``: a (service, token)
+        whose request went through, its past failures forgotten in the same step."""
         if len(calls) == 1 and clear_backoff is None:
             call = calls[0]
             return [bool(await self._scripts[call.script](keys=call.keys, args=call.args))]
-        results = await self._pipeline(calls, clear_backoff)
-        # the server lost a script (a restart, SCRIPT FLUSH, a script not used yet): load it and run
-        # again only the calls that did not run, so that each call runs once
-        missing = [i for i, r in enumerate(results[: len(calls)]) if isinstance(r, NoScriptError)]
-        if missing:
-            for name in {calls[i].script for i in missing}:
-                await self.redis.script_load(self._scripts[name].script)
-            for i, again in zip(missing, await self._pipeline([calls[i] for i in missing], None), strict=True):
-                results[i] = again
-        if errors := [r for r in results if isinstance(r, Exception)]:
-            raise errors[0]
+        keys: list[str] = []
+        args: list[Any] = []
+        for call in calls:
+            keys += call.keys
+            args += (call.script, len(call.keys), len(call.args), *call.args)
+        if clear_backoff is not None:
+            keys.append(self.backoff_key(*clear_backoff))
+            args += ("forget", 1, 0)
+        # a server that lost the script (a restart, SCRIPT FLUSH) refuses it before running any of
+        # it: redis-py then loads it and sends it again, so each call still runs once
+        results = await self._scripts["write"](keys=keys, args=args)
         return [bool(r) for r in results[: len(calls)]]
-
-    async def _pipeline(self, calls: Sequence[ScriptCall], clear_backoff: tuple[str, str] | None) -> list[Any]:
-        # EVALSHA as a plain command: a pipeline given redis-py Script objects first asks SCRIPT
-        # EXISTS, a round trip of its own on every poll
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                pipe.evalsha(self._scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
-            if clear_backoff is not None:
-                pipe.delete(self.backoff_key(*clear_backoff))
-            return await pipe.execute(raise_on_error=False)
 
     async def release(self, service: str, token: str, claim_id: str, ids: Iterable[str], due_ms: int) -> int:
         """Give claimed ids back, due at ``due_ms``; returns how many were still held. Announced on

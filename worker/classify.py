@@ -366,7 +366,10 @@ def fingerprint(task: UpstreamTask) -> str:
 
 def reached_stage(marks: Sequence[Mark | None]) -> int:
     """The furthest stage marked (``advance_marks``): the stage of the last answer."""
-    return max((s for s, mark in enumerate(marks) if mark is not None), default=STAGE_QUEUED)
+    for stage in range(len(marks) - 1, STAGE_QUEUED, -1):  # from the furthest: most tasks are past queued
+        if marks[stage] is not None:
+            return stage
+    return STAGE_QUEUED
 
 
 def first_poll_ms(enqueued_ms: int, first_poll_s: float) -> int:

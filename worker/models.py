@@ -7,6 +7,7 @@ shape (``Record``). It does no I/O.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -333,6 +334,7 @@ class OutEvent:
 
 
 _CLIP_FIELDS = tuple(Clip.__dataclass_fields__)
+_clip_values = operator.attrgetter(*_CLIP_FIELDS)
 #: each field's default (None where it has none, or a factory), in declaration order
 _RECORD_DEFAULTS: dict[str, Any] = {f.name: None if f.default is MISSING else f.default for f in fields(Record)}
 _REQUIRED_RECORD_FIELDS = frozenset(
@@ -351,11 +353,14 @@ def _enum_value(enum: type[_E], members: dict[str, _E], value: Any) -> _E:
     return member if member is not None else enum(value)
 
 
-def compact(record: dict[str, Any]) -> dict[str, Any]:
-    """A record's dict without its null fields (and its clips' null fields): how records are stored.
-
-    ``Record.from_dict`` restores them. ``meta``, ``error`` and ``response`` are kept untouched.
+def compact(record: Record) -> dict[str, Any]:
+    """How ``record`` is stored: its fields without the null ones (its clips' too); enums are left to
+    the JSON encoder. ``Record.from_dict`` restores them. ``meta``, ``error`` and ``response`` are
+    kept untouched.
     """
-    out = {k: v for k, v in record.items() if v is not None}
-    out["clips"] = [{k: v for k, v in clip.items() if v is not None} for clip in record.get("clips") or []]
+    # read off the fields, not ``to_dict`` filtered: every poll that changes a record writes it
+    out = {k: v for k, v in record.__dict__.items() if v is not None}
+    out["clips"] = [
+        {k: v for k, v in zip(_CLIP_FIELDS, _clip_values(clip), strict=True) if v is not None} for clip in record.clips
+    ]
     return out

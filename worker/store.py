@@ -304,7 +304,7 @@ async def translate_errors(what: str) -> AsyncIterator[None]:
 
 def _record_json(record: Record) -> bytes:
     # stored compact and without nulls: a pending task costs Redis memory for as long as it runs
-    return codec.dumps(compact(record.to_dict()))
+    return codec.dumps(compact(record))
 
 
 def _events_json(events: Iterable[OutEvent]) -> bytes:

@@ -32,8 +32,8 @@ class HiredisPacking(AbstractConnection):
     pool's readiness check read from the stream buffer."""
 
     async def can_read_destructive(self) -> bool:
-        """True when the connection is unfit for a new command: an unread reply, or closed by the
-        server (the pool then connects it again). Consumes what it finds, as redis-py's does."""
+        """True when the connection is unfit for a new command: bytes of an unread reply, or closed
+        by the server (the pool then disconnects it and connects again)."""
         reader, parser = self._reader, self._parser
         replies = parser._reader if isinstance(parser, _AsyncHiredisParser) and parser._connected else None
         # not connected (redis-py raises its own error), no hiredis, or not a socket (fakeredis)

@@ -337,6 +337,8 @@ _CLIP_FIELDS = tuple(Clip.__dataclass_fields__)
 _clip_values = operator.attrgetter(*_CLIP_FIELDS)
 #: each field's default (None where it has none, or a factory), in declaration order
 _RECORD_DEFAULTS: dict[str, Any] = {f.name: None if f.default is MISSING else f.default for f in fields(Record)}
+# ``from_dict`` gives ``clips`` its own new list; a field with any other factory would need the same
+assert [f.name for f in fields(Record) if f.default_factory is not MISSING] == ["clips"]
 _REQUIRED_RECORD_FIELDS = frozenset(
     f.name for f in fields(Record) if f.default is MISSING and f.default_factory is MISSING
 )

@@ -713,7 +713,12 @@ class Store:
     ) -> list[bool]:
         """Run many script calls in one step (``write.lua``: one EVALSHA, not one command per call);
         True where it wrote (for ``touch``: where it wrote any). ``clear_backoff``: a (service, token)
-        whose request went through, its past failures forgotten in the same step."""
+        whose request went through, its past failures forgotten in the same step.
+
+        A call that fails in Redis (a bug, or Redis out of memory) raises here; the calls before it
+        stay written and the ones after it are not run. Their ids keep their claims until the lease
+        ends and are polled again then, as after a worker that died mid-write.
+        """
         if len(calls) == 1 and clear_backoff is None:
             call = calls[0]
             return [bool(await self._scripts[call.script](keys=call.keys, args=call.args))]

@@ -128,6 +128,21 @@ async def test_rate_budget_is_shared_and_says_how_long_to_wait(backend: Backend)
     assert await store.claim("suno", "default", t + 1019, **limits) == Wait(1, "rate")
 
 
+async def test_a_full_batch_says_when_the_rate_budget_allows_the_next_claim(backend: Backend) -> None:
+    store = backend.store()
+    for i in range(3):
+        await register(store, f"t{i}")
+    t = NOW_MS + 3000
+    # more ids are due, but the budget spaces requests 510 ms apart: a claim sooner would be refused
+    got = await store.claim("suno", "default", t, **{**CLAIM, "batch": 1, "rate_rps": 2.0})
+    assert isinstance(got, Claimed) and got.next_ms == 510
+    # 1020 / 7 = 145.7 ms apart: a refusal says 146 (rounded up), never a wait that ends too soon
+    limits = {**CLAIM, "batch": 1, "rate_rps": 7.0}
+    assert isinstance(await store.claim("suno", "default", t + 510, **limits), Claimed)
+    assert await store.claim("suno", "default", t + 510, **limits) == Wait(146, "rate")
+    assert isinstance(await store.claim("suno", "default", t + 510 + 146, **limits), Claimed)
+
+
 async def test_back_off_and_pause_hold_claims(backend: Backend) -> None:
     store = backend.store()
     await register(store, "t1")

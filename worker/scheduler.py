@@ -362,7 +362,7 @@ class Scheduler:
             plan.ceded, planned_ms = False, 0
             self.counters["claims"] += 1
             await self.queue.poll(*queue, got)
-            if got.next_ms != 0:  # nothing more is due now: the claim said when the next id falls due
+            if got.next_ms != 0:  # no claim can take more now: the claim said when one can
                 plan.settle(now_ms, got.next_ms, idle_ms, due=True)
                 return
 

@@ -71,7 +71,8 @@ class Claimed(NamedTuple):
 
     claim_id: str
     ids: list[str]
-    #: 0: more ids are due now (the batch is full); else ms until the next id falls due (-1: none left)
+    #: 0: more ids are due now (the batch is full) and the rate budget allows another claim; else ms
+    #: until both hold: the next id falls due and the budget allows it (-1: none left)
     next_ms: int = 0
     #: the still-pending ones among ``ids`` as read in the claim (None: not read)
     pending: dict[str, PendingTask] | None = None

@@ -15,8 +15,9 @@
 -- all); why: 'paused', 'backoff', 'rate' (the refusals), 'empty', 'later' (no id is due yet), or
 -- 'taken': none is due, and another worker claimed this queue since the ids due at planned_ms could
 -- be taken (topped up into its batch, coalesce_ms early): it took them, and it plans for this queue.
--- next_ms: 0 when more ids are due now (the batch is full), else the ms until the next id falls due
--- (-1: none left), so the claimer need not ask again to learn it. rows: each claimed id's
+-- next_ms: 0 when more ids are due now (the batch is full) and the rate budget allows another
+-- request now, else the ms until both hold: the next id falls due and the budget allows it (-1: none
+-- left), so the claimer need not ask again to learn it. rows: each claimed id's
 -- pending_row (_rows.lua), so the poll need not read them in a round trip of its own.
 local now = tonumber(ARGV[1])
 local paused = redis.call('PTTL', KEYS[3])
@@ -40,7 +41,8 @@ if first_due > due_by then
 end
 local tat = math.max(tonumber(redis.call('GET', KEYS[4]) or '0'), now)
 local allow_at = tat - tonumber(ARGV[7])
-if now < allow_at then return {0, allow_at - now, 'rate'} end
+-- whole ms, rounded up: a wait that rounds down to 0 would be spent asking again at once
+if now < allow_at then return {0, math.ceil(allow_at - now), 'rate'} end
 local new_tat = tat + tonumber(ARGV[6])
 redis.call('SET', KEYS[4], new_tat, 'PX', math.ceil(new_tat - now) + 1000)
 redis.call('SET', KEYS[5], ARGV[11] .. '|' .. ARGV[1], 'PX', math.max(1, tonumber(ARGV[3])))
@@ -67,11 +69,14 @@ for i = 1, #found, 2 do
   end
 end
 -- when the next claim can find something: at once if an id is still due (a full batch left it),
--- else at the next due time (a claim that found nothing would cost a round trip to learn it)
+-- else at the next due time (a claim that found nothing would cost a round trip to learn it);
+-- and not before the rate budget allows it (a claim it refused would cost one too)
 local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local next_ms = -1
 if next_due[2] then
   local next_at = tonumber(next_due[2])
   next_ms = next_at <= due_by and 0 or math.max(1, next_at - now)
+  local rate_ms = new_tat - tonumber(ARGV[7]) - now
+  if rate_ms >= 1 then next_ms = math.max(next_ms, math.ceil(rate_ms)) end
 end
 return {1, next_ms, ids, rows}

@@ -150,6 +150,7 @@ async def test_back_off_and_pause_hold_claims(backend: Backend) -> None:
     await store.back_off("suno", "default", t + 2000)
     assert await store.claim("suno", "default", t, **CLAIM) == Wait(2000, "backoff")
     await store.run_calls([], clear_backoff=("suno", "default"))
+    assert await store.run_calls([]) == []
     await store.pause_token("default", 60_000, "401 invalid_token")
     wait = await store.claim("suno", "default", t, **CLAIM)
     assert isinstance(wait, Wait) and wait.why == "paused" and 59_000 < wait.ms <= 60_000

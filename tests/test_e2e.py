@@ -83,14 +83,14 @@ def check_outcome(record: Record, script: str) -> None:
 
 
 async def test_two_hundred_tasks_end_in_the_right_state_with_one_hook_call_each(
-    backend: Backend, make_sim: MakeSim
+    real_backend: Backend, make_sim: MakeSim
 ) -> None:
     url, state = await make_sim(auto=False, rate_limit_rps=60.0, seed=3)
     settings = fast_settings(url, hooks=["probe_hooks:record"])
-    tracker = Tracker.over(backend.redis, first_poll_s=settings.first_poll_s)
+    tracker = Tracker.over(real_backend.redis, first_poll_s=settings.first_poll_s)
     scripts = await enqueue_mix(tracker, state, random.Random(11))
     probe_hooks.CALLS.clear()
-    kwargs = jobs.build_worker_settings(settings, redis_pool=backend.make_arq_pool(), store_redis=backend.redis)
+    kwargs = jobs.worker_settings(settings, redis_pool=real_backend.make_arq_pool(), store_redis=real_backend.redis)
     async with jobs.running_worker(kwargs):
         records = await wait_all_terminal(tracker, list(scripts), timeout_s=40)
         assert len(records) == 200 and all(r.terminal for r in records)
@@ -104,13 +104,15 @@ async def test_two_hundred_tasks_end_in_the_right_state_with_one_hook_call_each(
     assert len(state.log) * 5 < polled_ids  # batches: many ids per request
 
 
-async def test_wait_returns_the_terminal_record_from_the_events_stream(backend: Backend, make_sim: MakeSim) -> None:
+async def test_wait_returns_the_terminal_record_from_the_events_stream(
+    real_backend: Backend, make_sim: MakeSim
+) -> None:
     url, state = await make_sim(auto=False)
     settings = fast_settings(url, hooks=[])
-    tracker = Tracker.over(backend.redis, first_poll_s=0.1)
+    tracker = Tracker.over(real_backend.redis, first_poll_s=0.1)
     state.add_task("suno", "waited", script="succeed", run_s=0.6, clip_gap_s=0.2)
     await tracker.enqueue("suno", "waited")
-    kwargs = jobs.build_worker_settings(settings, redis_pool=backend.make_arq_pool(), store_redis=backend.redis)
+    kwargs = jobs.worker_settings(settings, redis_pool=real_backend.make_arq_pool(), store_redis=real_backend.redis)
     async with jobs.running_worker(kwargs):
         record = await tracker.wait("suno", "waited", timeout_s=20)
     assert record.state is TaskState.SUCCEEDED and len(record.clips) == 2
@@ -132,31 +134,31 @@ BAD_ENTRIES: list[tuple[dict[str, str], str]] = [
 
 
 async def test_bad_intake_entries_are_rejected_and_good_ones_around_them_kept(
-    backend: Backend, make_sim: MakeSim
+    real_backend: Backend, make_sim: MakeSim
 ) -> None:
     url, state = await make_sim(auto=False)
     settings = fast_settings(url, hooks=[])
-    store = backend.store()
+    store = real_backend.store()
     good = [f"good-{i}" for i in range(len(BAD_ENTRIES) + 1)]
     for i, (fields, _) in enumerate(BAD_ENTRIES):
-        await backend.redis.xadd(store.intake_key, {"service": "suno", "id": good[i]})
-        await backend.redis.xadd(store.intake_key, fields)
-    await backend.redis.xadd(store.intake_key, {"service": "suno", "id": good[-1], "meta": '{"a": 1}'})
-    kwargs = jobs.build_worker_settings(settings, redis_pool=backend.make_arq_pool(), store_redis=backend.redis)
+        await real_backend.redis.xadd(store.intake_key, {"service": "suno", "id": good[i]})
+        await real_backend.redis.xadd(store.intake_key, fields)
+    await real_backend.redis.xadd(store.intake_key, {"service": "suno", "id": good[-1], "meta": '{"a": 1}'})
+    kwargs = jobs.worker_settings(settings, redis_pool=real_backend.make_arq_pool(), store_redis=real_backend.redis)
     async with jobs.running_worker(kwargs):
         loop = asyncio.get_running_loop()
         give_up = loop.time() + 10
-        while await backend.redis.xlen(store.rejected_key) < len(BAD_ENTRIES) and loop.time() < give_up:
+        while await real_backend.redis.xlen(store.rejected_key) < len(BAD_ENTRIES) and loop.time() < give_up:
             await asyncio.sleep(0.05)
         records = await store.get_many(("suno", g) for g in good)
-    rejected = [fields for _, fields in await backend.redis.xrange(store.rejected_key)]
+    rejected = [fields for _, fields in await real_backend.redis.xrange(store.rejected_key)]
     assert len(rejected) == len(BAD_ENTRIES)
     for (fields, reason_part), entry in zip(BAD_ENTRIES, rejected, strict=True):
         assert reason_part in entry["reason"] and "rejected_at_ms" in entry
         assert {k: entry[k] for k in fields} == fields
     assert all(r is not None for r in records)
     assert records[-1] is not None and records[-1].meta == {"a": 1}
-    assert await backend.redis.xlen(store.intake_key) == 0  # processed entries are trimmed
+    assert await real_backend.redis.xlen(store.intake_key) == 0  # processed entries are trimmed
 
 
 async def test_two_workers_never_poll_an_id_twice_at_once(
@@ -175,10 +177,10 @@ async def test_two_workers_never_poll_an_id_twice_at_once(
         state.add_task(service, task_id, script="succeed", run_s=random.uniform(1.0, 3.0), clip_gap_s=0.3)
         await tracker.enqueue(service, task_id)
     pools = [jobs.arq_pool_over(aioredis.ConnectionPool.from_url(url)) for _ in range(2)]
-    kw = [jobs.build_worker_settings(settings, redis_pool=p, store_redis=client) for p in pools]
+    kw = [jobs.worker_settings(settings, redis_pool=p, store_redis=client) for p in pools]
     async with jobs.running_worker(kw[0]) as w1, jobs.running_worker(kw[1]) as w2:
         records = await wait_all_terminal(tracker, ids, timeout_s=30)
-        claims = [w.ctx["acetrack"].scheduler.counters["claims"] for w in (w1, w2)]
+        claims = [jobs.runtime_of_worker(w).started.scheduler.counters["claims"] for w in (w1, w2)]
     assert all(r.state is TaskState.SUCCEEDED for r in records) and len(records) == 100
     assert min(claims) > 0, claims  # both workers did real work
     seen: dict[str, list[float]] = {}
@@ -236,7 +238,7 @@ async def test_claims_of_a_killed_worker_come_back_after_the_lease(
         proc.wait()
     killed_at = asyncio.get_running_loop().time()
     settings = fast_settings(fast_url, hooks=[], lease_s=lease_s)
-    kwargs = jobs.build_worker_settings(
+    kwargs = jobs.worker_settings(
         settings, redis_pool=jobs.arq_pool_over(aioredis.ConnectionPool.from_url(url)), store_redis=client
     )
     async with jobs.running_worker(kwargs):

@@ -215,7 +215,9 @@ async def _status_is(http: aiohttp.ClientSession, url: str, status: int) -> bool
 
 
 @pytest.mark.timeout(240)
-async def test_upstream_chaos_ends_every_task_right_within_the_rate_budget(backend: Backend, make_sim: MakeSim) -> None:
+async def test_upstream_chaos_ends_every_task_right_within_the_rate_budget(
+    real_backend: Backend, make_sim: MakeSim
+) -> None:
     rps = 20.0
     url, state = await make_sim(
         auto=False,
@@ -230,9 +232,9 @@ async def test_upstream_chaos_ends_every_task_right_within_the_rate_budget(backe
         seed=17,
     )
     settings = fast_settings(url, hooks=[], rate_limit_rps=rps, api_timeout_s=0.5, batch_size=10, not_found_grace_s=30)
-    tracker = Tracker.over(backend.redis, first_poll_s=0.1)
+    tracker = Tracker.over(real_backend.redis, first_poll_s=0.1)
     scripts = await _enqueue_mix(tracker, state, 80, seed=5)
-    kwargs = jobs.build_worker_settings(settings, redis_pool=backend.make_arq_pool(), store_redis=backend.redis)
+    kwargs = jobs.worker_settings(settings, redis_pool=real_backend.make_arq_pool(), store_redis=real_backend.redis)
     async with jobs.running_worker(kwargs):
         records = await wait_all_terminal(tracker, list(scripts), timeout_s=150)
     assert len(records) == len(scripts) and all(r.terminal for r in records)

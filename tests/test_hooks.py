@@ -36,7 +36,7 @@ def test_resolve_hook_returns_the_async_function() -> None:
         ("no_such_module_for_acetrack:fn", "cannot import 'no_such_module_for_acetrack'"),
         ("probe_hooks:no_such_hook", "has no attribute 'no_such_hook'"),
         ("probe_hooks:not_async", "must be an 'async def' function"),
-        ("probe_hooks:CALLS", "must be an 'async def' function"),
+        ("probe_hooks:CALLS", "is a list, not a function"),
     ],
 )
 def test_resolve_hook_refuses_a_bad_name_naming_it(name: str, message: str) -> None:
@@ -205,17 +205,17 @@ async def start(
     for task_id in task_ids:
         state.add_task("suno", task_id, script="succeed", run_s=0.3, clip_gap_s=clip_gap_s)
         await tracker.enqueue("suno", task_id)
-    kwargs = jobs.build_worker_settings(
+    kwargs = jobs.worker_settings(
         settings, redis_pool=backend.make_arq_pool(), store_redis=backend.redis, hook_retry_s=FAST_RETRY_S
     )
     return kwargs, backend.store()
 
 
 async def test_a_flaky_hook_is_retried_until_it_succeeds_without_holding_up_the_other(
-    backend: Backend, make_sim: MakeSim
+    real_backend: Backend, make_sim: MakeSim
 ) -> None:
     reset_probes(**{"flaky-2": 2})
-    kwargs, store = await start(backend, make_sim, ["flaky-2"])
+    kwargs, store = await start(real_backend, make_sim, ["flaky-2"])
     async with jobs.running_worker(kwargs):
 
         async def flaky_delivered() -> bool:
@@ -239,10 +239,10 @@ async def test_a_flaky_hook_is_retried_until_it_succeeds_without_holding_up_the_
 
 
 async def test_a_hook_that_keeps_failing_is_dead_lettered_after_its_last_try(
-    backend: Backend, make_sim: MakeSim
+    real_backend: Backend, make_sim: MakeSim
 ) -> None:
     reset_probes(**{"flaky-10": 10})
-    kwargs, store = await start(backend, make_sim, ["flaky-10"])
+    kwargs, store = await start(real_backend, make_sim, ["flaky-10"])
     async with jobs.running_worker(kwargs):
 
         async def flaky_dead() -> bool:
@@ -285,8 +285,8 @@ async def run_clip_tasks(
     return store, list(probe_hooks.CALLS)
 
 
-async def test_clip_succeeded_events_reach_the_hook_with_their_clip(backend: Backend, make_sim: MakeSim) -> None:
-    store, calls = await run_clip_tasks(backend, make_sim, ["clips-1"])
+async def test_clip_succeeded_events_reach_the_hook_with_their_clip(real_backend: Backend, make_sim: MakeSim) -> None:
+    store, calls = await run_clip_tasks(real_backend, make_sim, ["clips-1"])
     assert sorted(c["type"] for c in calls) == ["clip.succeeded", "clip.succeeded", "task.succeeded"]
     clip_events = [c for c in calls if c["type"] == "clip.succeeded"]
     [task_event] = [c for c in calls if c["type"] == "task.succeeded"]
@@ -295,13 +295,13 @@ async def test_clip_succeeded_events_reach_the_hook_with_their_clip(backend: Bac
     # the first song is playable (and its hook called) while the task is still pending
     assert calls[0]["type"] == "clip.succeeded" and calls[0]["state"] == "pending"
     assert all(c["at_ms"] <= task_event["at_ms"] for c in clip_events)
-    stream = [f["type"] for _, f in await backend.redis.xrange(store.events_key) if f["id"] == "clips-1"]
+    stream = [f["type"] for _, f in await real_backend.redis.xrange(store.events_key) if f["id"] == "clips-1"]
     assert [t for t in stream if t != "task.progress"] == ["clip.succeeded", "clip.succeeded", "task.succeeded"]
 
 
-async def test_the_hook_gets_every_clip_event_before_the_task_event(backend: Backend, make_sim: MakeSim) -> None:
+async def test_the_hook_gets_every_clip_event_before_the_task_event(real_backend: Backend, make_sim: MakeSim) -> None:
     task_ids = [f"order-{n}" for n in range(20)]
-    _, calls = await run_clip_tasks(backend, make_sim, task_ids)
+    _, calls = await run_clip_tasks(real_backend, make_sim, task_ids)
     out_of_order = [
         task_id
         for task_id in task_ids

@@ -794,6 +794,7 @@ def check_race_outcome(answers: Mapping[str, tuple[int, Any]], final: Mapping[st
             assert record.state is TaskState.SUCCEEDED, (task_id, record.state, record.reason)
 
 
+@pytest.mark.parametrize("backend", ["real"], indirect=True)  # an arq worker needs a real server
 async def test_cancels_racing_a_running_worker_end_each_task_exactly_once(
     backend: Backend, make_harness: MakeHarness, make_sim: MakeSim
 ) -> None:
@@ -807,7 +808,7 @@ async def test_cancels_racing_a_running_worker_end_each_task_exactly_once(
     victims = rng.sample(ids, 15)
     delays = {v: rng.uniform(0.0, 0.7) if n % 2 else rng.uniform(1.0, 3.0) for n, v in enumerate(victims)}
     settings = fast_settings(url, hooks=[])
-    kwargs = jobs.build_worker_settings(settings, redis_pool=backend.make_arq_pool(), store_redis=backend.redis)
+    kwargs = jobs.worker_settings(settings, redis_pool=backend.make_arq_pool(), store_redis=backend.redis)
     async with jobs.running_worker(kwargs):
         answers = dict(await asyncio.gather(*(cancel_after(h, v, delays[v]) for v in victims)))
         final = await wait_terminal(h.store, ids, timeout_s=15)

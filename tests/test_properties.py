@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import fake_pool
 from worker import codec
 from worker.classify import Policy, decide, item_state
-from worker.demo import fake_pool
 from worker.errors import InvalidInput, UpstreamUnavailable
 from worker.intake import EnqueueRequest, build_request
 from worker.models import ClipState, Record, TaskState, UpstreamItem, UpstreamTask

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Backend, require_real_redis
+from conftest import Backend, require_real_redis
 from worker.classify import first_poll_ms
 from worker.connect import create_redis
 from worker.intake import EnqueueRequest

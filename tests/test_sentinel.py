@@ -242,7 +242,7 @@ async def test_workers_follow_a_sentinel_failover_and_every_task_finishes(make_s
             await run_failover(redis_cluster, tracker, state, worker_env(redis_cluster.url, sim_url), tmp_path)
         finally:
             await tracker.close()
-            await close_sentinel_clients(tracker)  # Tracker.close() leaves them open: see the xfail test below
+            await close_sentinel_clients(tracker)  # Tracker.close() leaves them open
 
 
 def sentinel_clients(tracker: Tracker) -> list[aioredis.Redis]:
@@ -341,11 +341,6 @@ def _tails(folder: Path) -> str:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(
-    strict=False,
-    reason="flaky under the full suite's load: once (of 4 runs) the single worker sent no request in the 13 s "
-    "after the promotion; passes alone. Open: find whether arq's Sentinel pool or the worker stalls",
-)
 async def test_polling_resumes_at_its_cadence_right_after_a_failover(make_sim: MakeSim, tmp_path: Path) -> None:
     """One worker, many small batches in flight (the simulator answers after 0.8 s) when the primary dies:
     those jobs end during the outage. Once the replica is promoted, requests must flow at the poll cadence

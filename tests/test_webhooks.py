@@ -42,6 +42,7 @@ from worker.errors import InvalidInput
 from worker.events import build_events
 from worker.hooks import WEBHOOK_PREFIX, Outcome
 from worker.models import EventType, Record, TaskState
+from worker.queue import MAX_JOBS
 from worker.store import Store
 from worker.tracker import Tracker
 
@@ -144,7 +145,7 @@ def hook_settings(sim_url: str, receiver: Receiver, path: str | None = "/hook", 
 
 
 def worker(backend: Backend, settings: Settings) -> AbstractAsyncContextManager[arq.worker.Worker]:
-    kwargs = jobs.build_worker_settings(settings, redis_pool=backend.make_arq_pool(), store_redis=backend.redis)
+    kwargs = jobs.worker_settings(settings, redis_pool=backend.make_arq_pool(), store_redis=backend.redis)
     return jobs.running_worker(kwargs)
 
 
@@ -213,22 +214,22 @@ def assert_signed(hits: list[Hit]) -> None:
 
 
 async def test_each_finished_task_is_posted_once_signed_with_its_event_id(
-    backend: Backend, make_sim: MakeSim, receiver: Receiver
+    real_backend: Backend, make_sim: MakeSim, receiver: Receiver
 ) -> None:
     url, state = await make_sim(auto=False)
     settings = hook_settings(url, receiver)
-    store = backend.store()
-    tracker = Tracker.over(backend.redis, first_poll_s=0.1)
+    store = real_backend.store()
+    tracker = Tracker.over(real_backend.redis, first_poll_s=0.1)
     ids = [f"e2e-{i}" for i in range(6)]
     await add_tasks(tracker, state, ids, run_s=0.3)
-    async with worker(backend, settings):
+    async with worker(real_backend, settings):
         assert await eventually(lambda: len(receiver.hits) >= len(ids), 15)
         await asyncio.sleep(0.5)  # a duplicate would show up here
     hits = receiver.at("/hook")
     assert len(hits) == len(receiver.hits) == len(ids)
     assert_signed(hits)
     assert sorted(h.task_id for h in hits) == sorted(ids)
-    events = await succeeded_events(backend.redis, store)
+    events = await succeeded_events(real_backend.redis, store)
     for hit in hits:
         event = events[hit.task_id]
         assert hit.webhook_id == event["event_id"]
@@ -249,15 +250,15 @@ async def test_each_finished_task_is_posted_once_signed_with_its_event_id(
 
 
 async def test_a_per_task_callback_url_is_delivered_alongside_the_global_url(
-    backend: Backend, make_sim: MakeSim, receiver: Receiver
+    real_backend: Backend, make_sim: MakeSim, receiver: Receiver
 ) -> None:
     url, state = await make_sim(auto=False)
     settings = hook_settings(url, receiver)
-    store = backend.store()
-    tracker = Tracker.over(backend.redis, first_poll_s=0.1, allow_hosts=["127.0.0.1"])
+    store = real_backend.store()
+    tracker = Tracker.over(real_backend.redis, first_poll_s=0.1, allow_hosts=["127.0.0.1"])
     await add_tasks(tracker, state, ["with-cb"], callback_url=receiver.url + "/cb")
     await add_tasks(tracker, state, ["without-cb"])
-    async with worker(backend, settings):
+    async with worker(real_backend, settings):
         assert await eventually(lambda: len(receiver.hits) >= 3, 15)
         await asyncio.sleep(0.4)
     cb, glob = receiver.at("/cb"), receiver.at("/hook")
@@ -267,7 +268,7 @@ async def test_a_per_task_callback_url_is_delivered_alongside_the_global_url(
     assert cb[0].payload is not None and cb[0].payload["data"]["callback_url"] == receiver.url + "/cb"
     same_event = [h for h in glob if h.task_id == "with-cb"]
     assert len(same_event) == 1 and same_event[0].webhook_id == cb[0].webhook_id  # one event, one webhook-id
-    events = await succeeded_events(backend.redis, store)
+    events = await succeeded_events(real_backend.redis, store)
     assert cb[0].webhook_id == events["with-cb"]["event_id"]
     assert {d["destination"] for d in await deliveries_of(store, "with-cb")} == {
         WEBHOOK_PREFIX + receiver.url + "/cb",
@@ -276,20 +277,22 @@ async def test_a_per_task_callback_url_is_delivered_alongside_the_global_url(
 
 
 async def test_an_intake_entry_with_an_allowed_private_callback_host_is_accepted(
-    backend: Backend, make_sim: MakeSim, receiver: Receiver
+    real_backend: Backend, make_sim: MakeSim, receiver: Receiver
 ) -> None:
     url, state = await make_sim(auto=False)
     settings = hook_settings(url, receiver, path=None)
-    store = backend.store()
+    store = real_backend.store()
     state.add_task("suno", "intake-cb", script="succeed", run_s=0.2, clip_gap_s=0.05)
-    await backend.redis.xadd(store.intake_key, {"service": "suno", "id": "intake-cb", "callback_url": receiver.url})
+    await real_backend.redis.xadd(
+        store.intake_key, {"service": "suno", "id": "intake-cb", "callback_url": receiver.url}
+    )
 
     async def delivered_or_rejected() -> bool:
-        return len(receiver.hits) >= 1 or await backend.redis.xlen(store.rejected_key) > 0
+        return len(receiver.hits) >= 1 or await real_backend.redis.xlen(store.rejected_key) > 0
 
-    async with worker(backend, settings):
+    async with worker(real_backend, settings):
         await eventually(delivered_or_rejected, 5)
-    rejected = [fields["reason"] for _, fields in await backend.redis.xrange(store.rejected_key)]
+    rejected = [fields["reason"] for _, fields in await real_backend.redis.xrange(store.rejected_key)]
     assert rejected == []
     assert await store.get("suno", "intake-cb") is not None
     assert len(receiver.hits) == 1 and receiver.hits[0].error is None
@@ -299,21 +302,21 @@ async def test_an_intake_entry_with_an_allowed_private_callback_host_is_accepted
 
 
 async def test_a_500_is_retried_with_the_same_webhook_id_and_a_valid_signature_each_time(
-    backend: Backend, make_sim: MakeSim, receiver: Receiver
+    real_backend: Backend, make_sim: MakeSim, receiver: Receiver
 ) -> None:
     url, state = await make_sim(auto=False)
     receiver.answer("/hook", Answer(500), Answer(500))
-    store = backend.store()
-    tracker = Tracker.over(backend.redis, first_poll_s=0.1)
+    store = real_backend.store()
+    tracker = Tracker.over(real_backend.redis, first_poll_s=0.1)
     await add_tasks(tracker, state, ["flaky-receiver"])
-    async with worker(backend, hook_settings(url, receiver)):
+    async with worker(real_backend, hook_settings(url, receiver)):
         body = await settled(store, "flaky-receiver", "delivered")
         await asyncio.sleep(0.4)
     hits = receiver.hits
     assert len(hits) == 3
     assert_signed(hits)
     assert len({h.webhook_id for h in hits}) == 1
-    assert hits[0].webhook_id == (await succeeded_events(backend.redis, store))["flaky-receiver"]["event_id"]
+    assert hits[0].webhook_id == (await succeeded_events(real_backend.redis, store))["flaky-receiver"]["event_id"]
     assert len({json.dumps({**(h.payload or {}), "timestamp": None}) for h in hits}) == 1  # only the time changes
     gaps = [b.at - a.at for a, b in zip(hits, hits[1:], strict=False)]
     assert min(gaps) >= 0.17, gaps  # schedule 0.2 s with 10 % jitter
@@ -323,17 +326,16 @@ async def test_a_500_is_retried_with_the_same_webhook_id_and_a_valid_signature_e
     assert await store.dead_letters() == []
 
 
-@pytest.mark.parametrize("backend", ["fake"], indirect=True)
 @pytest.mark.parametrize("status", [429, 503])
 async def test_retry_after_is_honoured_over_a_shorter_schedule(
-    backend: Backend, make_sim: MakeSim, receiver: Receiver, status: int
+    real_backend: Backend, make_sim: MakeSim, receiver: Receiver, status: int
 ) -> None:
     url, state = await make_sim(auto=False)
     receiver.answer("/hook", Answer(status, {"Retry-After": "1"}))
-    store = backend.store()
-    tracker = Tracker.over(backend.redis, first_poll_s=0.1)
+    store = real_backend.store()
+    tracker = Tracker.over(real_backend.redis, first_poll_s=0.1)
     await add_tasks(tracker, state, ["busy-receiver"])
-    async with worker(backend, hook_settings(url, receiver, webhook_schedule_s=[0, 0.1, 0.1])):
+    async with worker(real_backend, hook_settings(url, receiver, webhook_schedule_s=[0, 0.1, 0.1])):
         body = await settled(store, "busy-receiver", "delivered")
     first, second = receiver.hits
     assert 0.95 <= second.at - first.at < 2.0, second.at - first.at
@@ -372,16 +374,15 @@ async def test_a_timeout_is_a_failed_try_and_the_next_try_delivers(receiver: Rec
     assert_signed(receiver.hits)
 
 
-@pytest.mark.parametrize("backend", ["fake"], indirect=True)
 async def test_a_redirect_is_not_followed_and_counts_as_a_failed_try(
-    backend: Backend, make_sim: MakeSim, receiver: Receiver
+    real_backend: Backend, make_sim: MakeSim, receiver: Receiver
 ) -> None:
     url, state = await make_sim(auto=False)
     receiver.answer("/hook", Answer(307, {"Location": receiver.url + "/target"}))
-    store = backend.store()
-    tracker = Tracker.over(backend.redis, first_poll_s=0.1)
+    store = real_backend.store()
+    tracker = Tracker.over(real_backend.redis, first_poll_s=0.1)
     await add_tasks(tracker, state, ["redirected"])
-    async with worker(backend, hook_settings(url, receiver, webhook_schedule_s=[0, 0.1, 0.1])):
+    async with worker(real_backend, hook_settings(url, receiver, webhook_schedule_s=[0, 0.1, 0.1])):
         body = await settled(store, "redirected", "delivered")
         await asyncio.sleep(0.3)
     assert receiver.at("/target") == []
@@ -396,16 +397,16 @@ async def test_a_redirect_is_not_followed_and_counts_as_a_failed_try(
 
 
 async def test_410_disables_the_url_until_enabled_and_a_replay_then_delivers(
-    backend: Backend, make_sim: MakeSim, receiver: Receiver
+    real_backend: Backend, make_sim: MakeSim, receiver: Receiver
 ) -> None:
     url, state = await make_sim(auto=False)
     receiver.answer("/hook", Answer(410))
     hook_url = receiver.url + "/hook"
-    store = backend.store()
-    tracker = Tracker.over(backend.redis, first_poll_s=0.1)
+    store = real_backend.store()
+    tracker = Tracker.over(real_backend.redis, first_poll_s=0.1)
     started_ms = int(time.time() * 1000)
     await add_tasks(tracker, state, ["gone-1"])
-    async with worker(backend, hook_settings(url, receiver)):
+    async with worker(real_backend, hook_settings(url, receiver)):
         first = await settled(store, "gone-1", "dead")
         assert first["reason"] == "gone" and [a["status"] for a in first["attempts"]] == [410]
         assert await store.is_disabled(hook_url)
@@ -455,10 +456,10 @@ async def dead_after_three_500s(
 
 
 async def test_a_delivery_is_dead_lettered_after_its_last_try(
-    backend: Backend, make_sim: MakeSim, receiver: Receiver
+    real_backend: Backend, make_sim: MakeSim, receiver: Receiver
 ) -> None:
-    body, started_ms = await dead_after_three_500s(backend, make_sim, receiver, "always-500")
-    store = backend.store()
+    body, started_ms = await dead_after_three_500s(real_backend, make_sim, receiver, "always-500")
+    store = real_backend.store()
     assert len(receiver.hits) == 3
     assert_signed(receiver.hits)
     assert len({h.webhook_id for h in receiver.hits}) == 1
@@ -472,15 +473,15 @@ async def test_a_delivery_is_dead_lettered_after_its_last_try(
 
 
 async def test_a_replay_resends_with_the_same_webhook_id_and_a_fresh_signature(
-    backend: Backend, make_sim: MakeSim, receiver: Receiver
+    real_backend: Backend, make_sim: MakeSim, receiver: Receiver
 ) -> None:
-    body, _ = await dead_after_three_500s(backend, make_sim, receiver, "replayed")
-    store = backend.store()
+    body, _ = await dead_after_three_500s(real_backend, make_sim, receiver, "replayed")
+    store = real_backend.store()
     assert await store.replay("dlv_unknown", int(time.time() * 1000)) is False
     receiver.default = Answer(200)
     await asyncio.sleep(1.05 - (time.time() % 1.0))  # a new second: the signature must change with it
     url, _ = await make_sim(auto=False)
-    async with worker(backend, hook_settings(url, receiver, webhook_schedule_s=[0, 0.1, 0.1])):
+    async with worker(real_backend, hook_settings(url, receiver, webhook_schedule_s=[0, 0.1, 0.1])):
         assert await store.replay(body["delivery_id"], int(time.time() * 1000))
         after = await settled(store, "replayed", "delivered")
         await asyncio.sleep(0.3)
@@ -564,17 +565,17 @@ async def test_enqueue_with_a_private_callback_url_raises_and_stores_nothing(bac
 
 
 async def test_an_intake_entry_with_a_private_callback_url_is_rejected(
-    backend: Backend, make_sim: MakeSim, receiver: Receiver
+    real_backend: Backend, make_sim: MakeSim, receiver: Receiver
 ) -> None:
     url, _ = await make_sim(auto=False)
-    store = backend.store()
+    store = real_backend.store()
     bad = {"service": "suno", "id": "private-cb", "callback_url": "http://10.0.0.1/hook"}
-    await backend.redis.xadd(store.intake_key, bad)
-    await backend.redis.xadd(store.intake_key, {"service": "suno", "id": "fine"})
-    async with worker(backend, hook_settings(url, receiver)):
-        assert await eventually(lambda: backend.redis.xlen(store.rejected_key), 5)
-        assert await eventually(lambda: backend.redis.exists(store.task_key("suno", "fine")), 5)
-    ((_, entry),) = await backend.redis.xrange(store.rejected_key)
+    await real_backend.redis.xadd(store.intake_key, bad)
+    await real_backend.redis.xadd(store.intake_key, {"service": "suno", "id": "fine"})
+    async with worker(real_backend, hook_settings(url, receiver)):
+        assert await eventually(lambda: real_backend.redis.xlen(store.rejected_key), 5)
+        assert await eventually(lambda: real_backend.redis.exists(store.task_key("suno", "fine")), 5)
+    ((_, entry),) = await real_backend.redis.xrange(store.rejected_key)
     assert {k: entry[k] for k in bad} == bad
     assert "ACETRACK_WEBHOOK_ALLOW_HOSTS" in entry["reason"] and "rejected_at_ms" in entry
     assert await store.get("suno", "private-cb") is None
@@ -651,7 +652,7 @@ async def crash_and_recover(
         sim_url, receiver, poll_s=0.3, lease_s=2.0, webhook_schedule_s=[0, 0.5, 0.5, 0.5], redis_url=redis_url
     )
     pool = jobs.arq_pool_over(aioredis.ConnectionPool.from_url(redis_url))
-    kwargs = jobs.build_worker_settings(settings, redis_pool=pool, store_redis=client)
+    kwargs = jobs.worker_settings(settings, redis_pool=pool, store_redis=client)
     async with jobs.running_worker(kwargs):
         all_arrived = await eventually(lambda: {h.task_id for h in receiver.hits} >= set(ids), 25)
         await asyncio.sleep(0.5)  # late duplicates show up here
@@ -676,16 +677,18 @@ async def crash_and_recover(
     assert [(await delivery_of(store, t))["status"] for t in ids] == ["delivered"] * len(ids)
 
 
-async def test_a_slow_destination_never_delays_polling(backend: Backend, make_sim: MakeSim, receiver: Receiver) -> None:
+async def test_a_slow_destination_never_delays_polling(
+    real_backend: Backend, make_sim: MakeSim, receiver: Receiver
+) -> None:
     """More slow deliveries than a worker has job slots: every task still finishes on polling's own time."""
     url, state = await make_sim(auto=False)
     receiver.default = Answer(sleep_s=3.0)
-    tracker = Tracker.over(backend.redis, first_poll_s=0.1)
-    ids = [f"slow-{i}" for i in range(jobs.MAX_CONCURRENT_JOBS + 20)]
+    tracker = Tracker.over(real_backend.redis, first_poll_s=0.1)
+    ids = [f"slow-{i}" for i in range(MAX_JOBS + 20)]
     for task_id in ids:
         state.add_task("suno", task_id, script="succeed", run_s=0.3, clip_gap_s=0.0)
         await tracker.enqueue("suno", task_id)
-    async with worker(backend, hook_settings(url, receiver, poll_s=0.3)):
+    async with worker(real_backend, hook_settings(url, receiver, poll_s=0.3)):
         started = time.monotonic()
         done = await eventually(
             lambda: _all_terminal(tracker, ids), timeout_s=2.5

@@ -1,4 +1,22 @@
-"""acetrack: completion tracker for Ace Data Cloud generation tasks."""
+"""acetrack: completion tracker for Ace Data Cloud generation tasks.
+
+``worker.WorkerSettings`` is what ``arq worker.WorkerSettings`` runs: a complete worker (intake,
+claims, polls, deliveries, heartbeat) built from the ``ACETRACK_*`` environment when first looked
+up. A configuration that cannot work ends the process there with exit 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__"]
+__all__ = ["WorkerSettings", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # built on first use, not at import: importing the package (the CLI, the tests) reads no settings
+    if name == "WorkerSettings":
+        from worker.arq_settings import worker_settings_class
+
+        return worker_settings_class()
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

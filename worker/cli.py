@@ -16,12 +16,14 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from pydantic import ValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisError
 
 from config import Settings
 from worker import commands
+from worker.arq_settings import settings_error
 from worker.commands import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from worker.errors import AcetrackError, ConfigError, InvalidInput
+from worker.startup import permission_hint
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,8 @@ def default_log_config(level: str, as_json: bool) -> dict[str, Any]:
             "stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
         },
         "root": {"handlers": ["stderr"], "level": level},
-        "loggers": {"aiohttp.access": {"level": "WARNING"}},
+        # arq logs each job's start and end at INFO: a line per poll; its warnings and errors still show
+        "loggers": {"aiohttp.access": {"level": "WARNING"}, "arq": {"level": "WARNING"}},
     }
 
 
@@ -178,13 +181,15 @@ def dispatch(args: argparse.Namespace) -> int:
     settings = Settings()
     logging.config.dictConfig(default_log_config(settings.log_level, settings.log_json))
     if args.command == "worker":
-        from worker import jobs
+        from worker.process import run_worker
 
-        run_loop(jobs.run_until_signal(jobs.build_worker_settings(settings)))
+        run_loop(run_worker(settings))
         return EXIT_OK
     if args.command == "serve":
         from worker.http import serve
+        from worker.startup import check_api
 
+        check_api(settings)
         run_loop(serve(settings))
         return EXIT_OK
     return asyncio.run(_redis_command(settings, args))
@@ -201,12 +206,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"acetrack: {e}", file=sys.stderr)
         code = EXIT_USAGE
     except ValidationError as e:
-        first = e.errors()[0]
-        where = f" ACETRACK_{str(first['loc'][0]).upper()}" if first["loc"] else "s"
-        print(f"acetrack: bad setting{where}: {first['msg']}", file=sys.stderr)
+        print(f"acetrack: {settings_error(e)}", file=sys.stderr)
         code = EXIT_USAGE
     except json.JSONDecodeError as e:
         print(f"acetrack: --meta is not valid JSON ({e.msg}); pass a JSON object", file=sys.stderr)
+        code = EXIT_USAGE
+    except (NoPermissionError, AuthenticationError, AuthorizationError) as e:
+        hint = permission_hint(e) or f"Redis refused the credentials ({e}); check the user and password"
+        print(f"acetrack: ACETRACK_REDIS_URL: {hint}", file=sys.stderr)
         code = EXIT_USAGE
     except (RedisError, OSError) as e:
         print(f"acetrack: cannot reach Redis ({e}); check ACETRACK_REDIS_URL", file=sys.stderr)

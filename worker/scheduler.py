@@ -27,9 +27,10 @@ from typing import Any, Protocol
 from worker import metrics
 from worker.classify import first_poll_ms
 from worker.clock import Clock
+from worker.connect import REDIS_DOWN
 from worker.errors import InvalidInput
 from worker.intake import build_request
-from worker.store import REDIS_DOWN, Claimed, Store, Wait
+from worker.store import Claimed, Store, Wait
 from worker.webhooks import screen
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ QUEUES_TTL_SUBSCRIBED_S = 30.0
 #: wait before subscribing again to the wake channel once a subscription broke
 RESUBSCRIBE_S = 0.5
 HEARTBEAT_S = 5.0
-PRUNE_EVERY_S = 60.0
 MAX_OUTAGE_SLEEP_S = 5.0
 INTAKE_BATCH = 500
 OUTBOX_BATCH = 200
@@ -151,7 +151,6 @@ class Scheduler:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("claims", "accepted", "rejected"), 0))
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _next_prune_ms: int = 0
     _wakers: dict[str, asyncio.Event] = field(default_factory=dict)
     _queues: list[tuple[str, str]] = field(default_factory=list)
     _queues_read_ms: int = -(10**15)
@@ -401,14 +400,11 @@ class Scheduler:
         return max(wait_ms, 1) / 1000
 
     async def upkeep_step(self) -> float:
-        """Heartbeat, prune old index entries, and take over intake entries of dead workers."""
+        """Heartbeat, and take over intake entries of dead workers (pruning is arq's cron job)."""
         now_ms = self.clock()
         info = {"worker_id": self.worker_id, "at_ms": now_ms, **self.counters, **self.heartbeat_info()}
         await self.store.heartbeat(self.worker_id, info, ttl_ms=int(HEARTBEAT_S * 3000))
         reclaimed = await self.store.reclaim_intake(self.worker_id, INTAKE_BATCH, min_idle_ms=self.cadence.lease_ms)
         for entry_id, fields in reclaimed:
             await self.accept(entry_id, fields)
-        if now_ms >= self._next_prune_ms:
-            self._next_prune_ms = now_ms + int(PRUNE_EVERY_S * 1000)
-            await self.store.prune(now_ms)
         return HEARTBEAT_S

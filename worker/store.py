@@ -21,7 +21,6 @@ from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import codec
 from worker.classify import Mark, Sample, first_poll_ms
@@ -47,8 +46,6 @@ RATE_HEADROOM = 1.02
 #: longest wait of one read of the wake channel before it PINGs: a connection that died without a
 #: word is found out within twice this, and the subscription made again
 WAKE_READ_S = 30.0
-#: errors that mean Redis is (for now) unreachable, as opposed to a bug
-REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 SCRIPTS = ("register", "claim", "spend", "load", "touch", "update", "finish", "write", "release", "take_outbox")
 #: shared Lua preludes (``lua/_<name>.lua``) each script is prefixed with
 PRELUDES: dict[str, tuple[str, ...]] = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from arq.connections import ArqRedis
 
 from conftest import Backend
@@ -57,3 +59,27 @@ async def test_deliveries_leave_job_slots_for_polls(backend: Backend) -> None:
     queue.delivery_ended("deliver:d0:1")
     assert queue.start_delivery("deliver:one-too-many:1")
     await pool.aclose(close_connection_pool=True)
+
+
+def test_no_private_name_of_arq_redis_py_or_asyncio_is_used() -> None:
+    """The names the old worker relied on, none of which those libraries document or promise to keep."""
+    private = (
+        "_AsyncHiredisParser",
+        "NOT_ENOUGH_DATA",
+        "StreamReader._buffer",
+        "._buffer",
+        "_available_connections",
+        "_in_use_connections",
+        "log_redis_info",
+        "_poll_iteration",
+        "_release_sem_dec_counter_on_complete",
+        "_start_job",
+        "job_key_prefix",
+        "in_progress_key_prefix",
+        "serialize_job",
+        "arq.worker.Worker)",  # a subclass of arq's Worker
+    )
+    root = Path(__file__).resolve().parents[1]
+    sources = {p: p.read_text() for folder in ("worker", "config") for p in (root / folder).rglob("*.py")}
+    found = [(p.name, name) for p, text in sources.items() for name in private if name in text]
+    assert len(sources) > 20 and found == []

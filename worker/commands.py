@@ -22,6 +22,7 @@ from worker.errors import ConfigError, InvalidInput
 from worker.http import control_from_settings
 from worker.intake import check_id, check_service
 from worker.models import Record, TaskState
+from worker.redis_policy import eviction_problem
 from worker.store import Store
 from worker.tracker import Tracker
 
@@ -149,9 +150,13 @@ async def check(tracker: Tracker, args: argparse.Namespace) -> int:
     candidates = mine or ([] if args.local else live)
     problems = [] if candidates else ["no live worker heartbeat" + (" on this host" if args.local else "")]
     problems += [f"token {t!r} paused" for w in candidates for t in w.get("paused_tokens", [])]
-    result = {"healthy": not problems, "workers": len(live), "problems": problems}
-    print(json.dumps(result) if args.json else ("healthy" if not problems else "unhealthy: " + "; ".join(problems)))
-    return EXIT_OK if not problems else EXIT_PROBLEM
+    healthy = not problems
+    warning = await eviction_problem(tracker.store.redis)  # a warning: healthy all the same
+    problems += [warning] if warning else []
+    result = {"healthy": healthy, "workers": len(live), "problems": problems}
+    verdict = "healthy" if healthy else "unhealthy"
+    print(json.dumps(result) if args.json else (verdict + (": " + "; ".join(problems) if problems else "")))
+    return EXIT_OK if healthy else EXIT_PROBLEM
 
 
 async def watch(tracker: Tracker, args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from arq.connections import RedisSettings
 from redis.asyncio.connection import AbstractConnection, ConnectionPool, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import AuthenticationError, AuthorizationError, OutOfMemoryError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -33,6 +34,15 @@ logger = logging.getLogger(__name__)
 
 #: errors that mean Redis is (for now) unreachable, as opposed to a bug
 REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+#: connection errors that waiting does not mend: wrong credentials (redis-py makes them ConnectionErrors)
+REFUSED_CREDENTIALS: tuple[type[Exception], ...] = (AuthenticationError, AuthorizationError)
+#: a full Redis (``OOM command not allowed``) is logged at most this often by one process
+FULL_LOG_EVERY_S = 60.0
+#: what to tell a user when Redis refuses writes for want of memory
+FULL_HINT = (
+    "Redis is full (maxmemory reached, OOM): it refuses writes; nothing acknowledged is lost and work "
+    "resumes by itself once memory frees: raise maxmemory, or lower ACETRACK_RETENTION_S / ACETRACK_EVENTS_MAXLEN"
+)
 #: the longest wait between two tries to reach a Redis that is down
 MAX_RETRY_S = 5.0
 #: arq's own start-up retries (``arq worker.WorkerSettings``): one try a second for a day, each logged
@@ -64,6 +74,33 @@ class HiredisPacking(AbstractConnection):
         except TypeError:
             # a type hiredis refuses (None, a bool): redis-py's packer raises its own clear DataError
             return super().pack_command(*args)
+
+
+def is_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what it wraps) is Redis refusing a write for want of memory."""
+    while error is not None:
+        if isinstance(error, OutOfMemoryError):
+            return True
+        error = error.__cause__  # type: ignore[assignment]
+    return False
+
+
+class FullLog:
+    """One log line a minute, at most, while Redis stays full."""
+
+    def __init__(self, every_s: float = FULL_LOG_EVERY_S) -> None:
+        self.every_s = every_s
+        self._next_s = 0.0
+
+    def note(self, where: str, error: BaseException, now_s: float) -> None:
+        """Log that ``where`` met a full Redis, unless a line was written less than ``every_s`` ago."""
+        if now_s >= self._next_s:
+            self._next_s = now_s + self.every_s
+            logger.warning("%s: %s (%s)", where, FULL_HINT, error)
+
+
+#: the process's one rate-limited log of a full Redis
+FULL_LOG = FullLog()
 
 
 def packing_class(base: type[AbstractConnection]) -> type[AbstractConnection]:
@@ -165,6 +202,8 @@ async def wait_for_redis(client: aioredis.Redis, url: str, *, sleep: Callable[[f
         tries += 1
         try:
             await client.ping()
+        except REFUSED_CREDENTIALS:
+            raise
         except REDIS_DOWN as e:
             logger.warning("waiting for Redis at %s (%s); try %d, next in %.1f s", describe(url), e, tries, wait_s)
             await sleep(wait_s)

@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,12 +26,13 @@ from redis.exceptions import RedisError
 from config import Settings
 from worker import metrics
 from worker.clock import Clock, system_clock
-from worker.connect import create_redis
+from worker.connect import FULL_HINT, FULL_LOG, create_redis, is_full
 from worker.control import Control, collect_stats, live_workers
 from worker.errors import ConfigError, InvalidInput, StoreError
 from worker.hooks import destinations_by_event
 from worker.intake import EnqueueRequest, build_request, check_id, check_service
 from worker.models import Record, TaskState
+from worker.redis_policy import eviction_problem
 from worker.store import Cursor, Store
 from worker.webhooks import screen
 
@@ -89,6 +91,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except InvalidInput as e:
         return ApiError(400, "invalid", e.message, e.field).response()
     except (StoreError, RedisError) as e:
+        if is_full(e):
+            FULL_LOG.note(f"{request.method} {request.path}", e, time.monotonic())
+            return ApiError(503, "redis_full", FULL_HINT).response()
         logger.warning("redis unavailable during %s %s: %s", request.method, request.path, e)
         return ApiError(503, "unavailable", "redis is unavailable; try again shortly").response()
     except web.HTTPRequestEntityTooLarge:
@@ -302,18 +307,22 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Redis answers, at least one worker beats, and no token is paused."""
+    """Redis answers, at least one worker beats, and no token is paused (503 otherwise). A Redis
+    that may evict acetrack's keys is a ``problems`` entry too, but a warning: still 200."""
     store = request.app[API].store
     problems = []
     try:
         await store.redis.ping()
         workers = await live_workers(store, request.app[API].clock())
+        warning = await eviction_problem(store.redis)
     except RedisError as e:
         return web.json_response({"ready": False, "problems": [f"redis: {e}"]}, status=503)
     if not workers:
         problems.append("no live worker heartbeat")
     problems += [f"token {t!r} paused" for w in workers for t in w.get("paused_tokens", [])]
-    return web.json_response({"ready": not problems, "problems": problems}, status=200 if not problems else 503)
+    ready = not problems
+    problems += [warning] if warning else []
+    return web.json_response({"ready": ready, "problems": problems}, status=200 if ready else 503)
 
 
 async def metrics_route(request: web.Request) -> web.StreamResponse:

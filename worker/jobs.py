@@ -9,7 +9,9 @@ the class ``arq worker.WorkerSettings`` runs. Jobs are serialised as JSON, never
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +25,7 @@ from config import Settings
 from worker import codec, deliver
 from worker import hooks as hooks_mod
 from worker.clock import Clock, system_clock
-from worker.connect import arq_settings
+from worker.connect import FULL_LOG, arq_settings, is_full
 from worker.queue import DELIVER_JOB, MAX_JOBS, POLL_JOB
 from worker.runtime import Runtime, runtime_of
 from worker.startup import WorkerPlan, check_worker
@@ -35,14 +37,21 @@ PRUNE_JOB = "prune"
 KEEP_RESULT_S = 60
 #: a delivery job that finds every delivery slot of its worker taken waits this long in the queue
 DELIVERY_BUSY_DEFER_S = 0.5
+#: a delivery try that met a full Redis waits this long before it is tried again
+DELIVERY_FULL_DEFER_S = 5.0
 #: arq tries of one delivery job: deferrals for want of a slot count too (if they run out, the
 #: delivery is handed over again when its lease in the outbox ends: it is not lost)
 DELIVER_MAX_TRIES = 200
 
 
 def serialize(data: dict[str, Any]) -> bytes:
-    """arq job serializer: JSON (other languages can read the queue; nothing is unpickled)."""
-    return codec.dumps(data)
+    """arq job serializer: JSON (other languages can read the queue; nothing is unpickled).
+
+    arq stores a failed job's exception as its result: it is written as its text."""
+    try:
+        return codec.dumps(data)
+    except TypeError:
+        return json.dumps(data, separators=(",", ":"), default=repr).encode()
 
 
 def deserialize(raw: bytes) -> dict[str, Any]:
@@ -65,7 +74,14 @@ async def poll_job(ctx: dict[str, Any], service: str, token: str, claim_id: str,
     """Poll one claimed batch with one ``retrieve_batch``; returns how many tasks finished."""
     parts = runtime_of(ctx).started
     pending = parts.queue.pending_of(claim_id)  # None when another process claimed it: read here
-    return await parts.poller.poll_batch(service, token, claim_id, ids, pending)
+    try:
+        return await parts.poller.poll_batch(service, token, claim_id, ids, pending)
+    except Exception as e:
+        if not is_full(e):
+            raise
+        # Redis refused the write: the tasks keep their state, the claim's lease hands them over again
+        FULL_LOG.note("poll", e, time.monotonic())
+        return 0
 
 
 async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
@@ -79,6 +95,11 @@ async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
         raise Retry(defer=DELIVERY_BUSY_DEFER_S)
     try:
         return await deliver.run_try(runtime, delivery_id)
+    except Exception as e:
+        if not is_full(e):
+            raise
+        FULL_LOG.note("delivery", e, time.monotonic())  # the delivery stays in the outbox, leased
+        raise Retry(defer=DELIVERY_FULL_DEFER_S) from e
     finally:
         parts.queue.delivery_ended(job_id)
         parts.scheduler.nudge("outbox")  # a slot is free: hand over the next due delivery
@@ -166,7 +187,8 @@ async def stop(worker: Worker) -> None:
         if task is not None and task.cancelling():
             raise  # this stop itself is being cancelled
         # a job cancelled while arq wrote its end re-raises the cancellation out of ``close``,
-        # which then skips the rest: do it here
+        # which then skips the rest: do it here, once every job ended (polls give their claims back)
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
         await runtime.stop()
         await worker.pool.aclose(close_connection_pool=True)
 

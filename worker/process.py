@@ -4,27 +4,31 @@ rides out an outage.
 Before it connects, the configuration is checked (``startup.check_worker``: exit 2 with one line).
 A Redis that is not up yet is waited for, a line per try; a user that may not run arq's start-up
 ``INFO`` is named at once. If Redis goes away while it runs, arq's worker ends with the connection
-error: this waits for Redis again and resumes the same worker (its start-up hook builds nothing
-twice). SIGINT and SIGTERM stop it: claim nothing more, cancel running jobs (polls give their
-claims back), then arq's ``close``.
+error: this drops that worker (its jobs cancelled: polls give their claims back once Redis is back,
+or their leases do), waits for Redis, and starts a fresh arq worker over the same pool and runtime
+(its start-up hook builds nothing twice). SIGINT and SIGTERM stop it: claim nothing more, cancel
+running jobs (polls give their claims back), then arq's ``close``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from arq import Worker
+from arq.connections import ArqRedis, create_pool
 from redis.exceptions import NoPermissionError
 
 from config import Settings
 from worker import jobs
-from worker.connect import REDIS_DOWN, create_redis, describe, wait_for_redis
+from worker.connect import REDIS_DOWN, REFUSED_CREDENTIALS, arq_settings, create_redis, describe, wait_for_redis
 from worker.errors import ConfigError
+from worker.runtime import runtime_of
 from worker.startup import check_worker, permission_hint
 
 logger = logging.getLogger(__name__)
@@ -57,46 +61,77 @@ async def check_redis_permissions(client: aioredis.Redis) -> None:
         raise ConfigError(f"ACETRACK_REDIS_URL: {permission_hint(e)}") from e
 
 
-async def _run(worker: Worker, store_redis: aioredis.Redis, url: str, stop: asyncio.Event) -> None:
-    """Run ``worker`` until ``stop``; after a Redis outage ends it, wait for Redis and resume."""
-    while True:
+class Supervisor:
+    """Runs arq workers over one pool until stopped, a fresh one after each Redis outage."""
+
+    def __init__(self, kwargs: dict[str, Any], store_redis: aioredis.Redis, url: str, stop: asyncio.Event) -> None:
+        self.kwargs, self.store_redis, self.url, self.stop = kwargs, store_redis, url, stop
+        self.pool: ArqRedis | None = None
+        self.worker: Worker | None = None
+
+    async def run(self) -> None:
+        """Until ``stop``: connect arq's pool, run a worker; after an outage, wait and run another."""
+        settings = dataclasses.replace(arq_settings(self.url), conn_retries=0)  # the waiting is done here
+        self.pool = await create_pool(
+            settings,
+            job_serializer=jobs.serialize,
+            job_deserializer=jobs.deserialize,
+            default_queue_name=self.kwargs["queue_name"],
+        )
+        while True:
+            self.worker = Worker(**{**self.kwargs, "redis_pool": self.pool, "handle_signals": False})
+            try:
+                await _unless_stopped(self.stop, self.worker.async_run())
+                return  # arq's main loop ends by itself only in burst mode
+            except REFUSED_CREDENTIALS:
+                raise
+            except REDIS_DOWN as e:
+                logger.warning("lost Redis at %s (%s): waiting for it, then resuming", describe(self.url), e)
+                await self._drop_worker()
+                await _unless_stopped(self.stop, wait_for_redis(self.store_redis, self.url))
+
+    async def _drop_worker(self) -> None:
+        """Cancel the jobs of a worker whose main loop ended (their claims are given back or lease out)."""
+        assert self.worker is not None
+        for task in self.worker.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.worker.tasks.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop the current worker (arq's ``close``), or at least the runtime and the pool."""
         try:
-            await _unless_stopped(stop, worker.async_run())
-            return  # arq's main loop ends by itself only in burst mode
-        except REDIS_DOWN as e:
-            logger.warning("lost Redis at %s (%s): waiting for it, then resuming", describe(url), e)
-            await _unless_stopped(stop, wait_for_redis(store_redis, url))
+            if self.worker is not None:
+                await jobs.stop(self.worker)
+                return
+        except REDIS_DOWN as e:  # arq's close writes to Redis: without it, still stop the loops
+            logger.warning("stopping without Redis (%s)", e)
+        await runtime_of(self.kwargs["ctx"]).stop()
+        if self.pool is not None:
+            await self.pool.aclose(close_connection_pool=True)
 
 
 async def run_worker(settings: Settings) -> None:
     """Check, wait for Redis, run until SIGINT/SIGTERM."""
     plan = check_worker(settings)  # ConfigError: nothing was started
+    url = plan.redis_url
+    assert url is not None  # check_worker requires it
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    url = plan.redis_url
-    assert url is not None  # check_worker requires it
     store_redis = create_redis(url)
-    worker: Worker | None = None
+    supervisor: Supervisor | None = None
     try:
         await _unless_stopped(stop, wait_for_redis(store_redis, url))
         await check_redis_permissions(store_redis)
-        kwargs = jobs.worker_settings(settings, plan=plan, store_redis=store_redis)
-        worker = Worker(**kwargs, handle_signals=False)
-        await _run(worker, store_redis, url, stop)
+        supervisor = Supervisor(
+            jobs.worker_settings(settings, plan=plan, store_redis=store_redis), store_redis, url, stop
+        )
+        await supervisor.run()
     except Stopped:
         pass
     finally:
-        if worker is not None:
-            await _close(worker)
+        if supervisor is not None:
+            await supervisor.close()
         await store_redis.aclose()
     logger.info("worker stopped")
-
-
-async def _close(worker: Worker) -> None:
-    try:
-        await jobs.stop(worker)
-    except REDIS_DOWN as e:  # arq's close writes to Redis: without it, still stop the loops
-        logger.warning("stopping without Redis (%s)", e)
-        await jobs.runtime_of_worker(worker).stop()

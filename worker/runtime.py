@@ -25,6 +25,7 @@ from worker.api import UpstreamClient
 from worker.classify import Policy
 from worker.clock import Clock
 from worker.connect import create_redis
+from worker.errors import ConfigError
 from worker.polling import Poller
 from worker.queue import ArqJobQueue
 from worker.scheduler import Cadence, Scheduler
@@ -68,16 +69,34 @@ class Runtime:
         return self.parts
 
     async def start(self, pool: ArqRedis, queue_name: str) -> None:
-        """Build the parts over arq's pool and start the scheduler's loops; again (arq runs
-        ``on_startup`` again when a worker resumes after an outage) it does nothing."""
+        """Build the parts over arq's pool and start the scheduler's loops. Again (arq runs
+        ``on_startup`` again when a worker resumes after an outage) it only adopts the new pool.
+        The parts are kept only once all of them started: a start that fails leaves nothing."""
         if self.parts is not None:
+            self.parts.queue.pool = pool
             return
-        self.parts = self._build(pool, queue_name)
-        await self.parts.scheduler.start()
-        logger.info("%s (id %s)", describe_worker(self.settings, self.plan), self.parts.scheduler.worker_id)
+        parts = self._build(pool, queue_name)
+        try:
+            await parts.scheduler.start()
+            await self._serve_metrics()
+        except BaseException:
+            await parts.scheduler.stop()
+            await parts.session.close()
+            raise
+        self.parts = parts
+        logger.info("%s (id %s)", describe_worker(self.settings, self.plan), parts.scheduler.worker_id)
+
+    async def _serve_metrics(self) -> None:
         port = self.settings.worker_metrics_port
-        if port:
+        if not port or self.metrics_runner is not None:
+            return
+        try:
             self.metrics_runner = await metrics.serve_metrics(self.settings.worker_metrics_host, port)
+        except OSError as e:
+            raise ConfigError(
+                f"ACETRACK_WORKER_METRICS_PORT: cannot serve metrics on {self.settings.worker_metrics_host}:{port} "
+                f"({e.strerror or e}); choose a free port, or 0 for none"
+            ) from e
 
     async def stop(self) -> None:
         """Stop the loops, close the session and the store's client."""
@@ -143,6 +162,7 @@ def _cadence(s: Settings) -> Cadence:
         first_poll_s=s.first_poll_s,
         min_repoll_ms=int(s.poll_s * 1000 / 4),
         claim_idle_ms=Cadence.idle_ms_for(s.first_poll_s),
+        lead_ms=int(s.job_poll_delay_s * 1000),
     )
 
 

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
@@ -27,9 +28,10 @@ from typing import Any, Protocol
 from worker import metrics
 from worker.classify import first_poll_ms
 from worker.clock import Clock
-from worker.connect import REDIS_DOWN
+from worker.connect import FULL_LOG, REDIS_DOWN, is_full
 from worker.errors import InvalidInput
 from worker.intake import build_request
+from worker.redis_policy import eviction_problem
 from worker.store import Claimed, Store, Wait
 from worker.webhooks import screen
 
@@ -90,6 +92,9 @@ class Cadence:
     min_repoll_ms: int = 0
     #: longest sleep of the claim loop while the wake channel is not followed (``idle_ms_for``)
     claim_idle_ms: int = int(CLAIM_UNSUBSCRIBED_IDLE_S * 1000)
+    #: a batch is claimed this long before its ids fall due: the time an idle arq worker may take to
+    #: pick its job up (its ``poll_delay``), so the poll starts by the due time, not that much after
+    lead_ms: int = 0
 
     @staticmethod
     def idle_ms_for(first_poll_s: float) -> int:
@@ -160,6 +165,8 @@ class Scheduler:
     _claim_wake_ms: int = 0
     #: the wake channel is followed (``wakes_step``)
     _subscribed: bool = False
+    #: the eviction warning this worker last gave (None: Redis will not evict)
+    _eviction: str | None = None
     #: loops ``stop`` cancels while they wait on Redis (a blocked read would hold it up)
     _waiting: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -221,7 +228,7 @@ class Scheduler:
             plan.at_ms, plan.due = due_ms, True
         else:
             return
-        if due_ms < self._claim_wake_ms:
+        if due_ms - self.cadence.lead_ms < self._claim_wake_ms:
             self.nudge("claims")
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
@@ -237,9 +244,14 @@ class Scheduler:
                 outage_s = min(MAX_OUTAGE_SLEEP_S, max(0.5, outage_s * 2))
                 logger.warning("%s loop: redis unavailable (%s); retrying in %.1fs", name, e, outage_s)
                 sleep_s = outage_s
-            except Exception:
-                logger.exception("%s loop iteration failed; retrying", name)
-                sleep_s = 1.0
+            except Exception as e:
+                if is_full(e):
+                    # nothing was written: the work stays where it was (intake entries unacknowledged)
+                    FULL_LOG.note(f"{name} loop", e, time.monotonic())
+                    outage_s = sleep_s = min(MAX_OUTAGE_SLEEP_S, max(0.5, outage_s * 2))
+                else:
+                    logger.exception("%s loop iteration failed; retrying", name)
+                    sleep_s = 1.0
             waker = self._wakers.setdefault(name, asyncio.Event())
             if sleep_s > 0 and not waker.is_set():
                 try:
@@ -329,6 +341,11 @@ class Scheduler:
             else self.cadence.claim_idle_ms
         )
 
+    @property
+    def _ahead_ms(self) -> int:
+        """How long before an id falls due a claim takes it as due now."""
+        return CLAIM_SLACK_MS + self.cadence.lead_ms
+
     async def claim_step(self) -> float:
         """Claim every queue whose plan is due; sleep until the soonest plan (at most ``claim_idle_ms``)."""
         now_ms, self._claim_wake_ms = self.clock(), 0
@@ -338,12 +355,13 @@ class Scheduler:
             if plan.at_ms - now_ms > self.claim_idle_ms:
                 # further off than a look (the clock stepped back, or a new queue's first due): a look
                 plan.at_ms, plan.due = now_ms + self.claim_idle_ms, False
-            elif plan.at_ms - now_ms <= CLAIM_SLACK_MS:  # a timer may fire a few ms early: not early
+            elif plan.at_ms - now_ms <= self._ahead_ms:  # a timer may fire a few ms early: not early
                 await self._claim_queue(queue, plan)
         now_ms = self.clock()
         look_ms = now_ms + self.claim_idle_ms
         # every plan, a new queue's too: one an ``expect`` made during the claims did not nudge
-        self._claim_wake_ms = min([look_ms, *(plan.at_ms for plan in self._plans.values())])
+        lead_ms = self.cadence.lead_ms
+        self._claim_wake_ms = min([look_ms, *(plan.at_ms - lead_ms for plan in self._plans.values())])
         return max(self._claim_wake_ms - now_ms, 1) / 1000
 
     async def _claim_queue(self, queue: tuple[str, str], plan: QueuePlan) -> None:
@@ -374,7 +392,7 @@ class Scheduler:
             lease_ms=self.cadence.lease_ms,
             rate_rps=self.cadence.rate_limit_rps,
             min_repoll_ms=self.cadence.min_repoll_ms,
-            early_ms=CLAIM_SLACK_MS,
+            early_ms=self._ahead_ms,
             worker=self.worker_id,
             planned_ms=planned_ms,
         )
@@ -399,10 +417,27 @@ class Scheduler:
         wait_ms = OUTBOX_IDLE_S * 1000 if next_due_ms is None else min(OUTBOX_IDLE_S * 1000, next_due_ms - now_ms)
         return max(wait_ms, 1) / 1000
 
+    async def _check_eviction(self) -> None:
+        """Read Redis's eviction policy: a line when a warning appears, changes or goes away."""
+        problem = await eviction_problem(self.store.redis)
+        if problem != self._eviction:
+            if problem:
+                logger.warning("%s", problem)
+            else:
+                logger.info("Redis's maxmemory-policy is noeviction now: nothing of acetrack's will be evicted")
+            self._eviction = problem
+
     async def upkeep_step(self) -> float:
         """Heartbeat, and take over intake entries of dead workers (pruning is arq's cron job)."""
         now_ms = self.clock()
-        info = {"worker_id": self.worker_id, "at_ms": now_ms, **self.counters, **self.heartbeat_info()}
+        await self._check_eviction()
+        info = {
+            "worker_id": self.worker_id,
+            "at_ms": now_ms,
+            **self.counters,
+            **self.heartbeat_info(),
+            "warnings": [self._eviction] if self._eviction else [],
+        }
         await self.store.heartbeat(self.worker_id, info, ttl_ms=int(HEARTBEAT_S * 3000))
         reclaimed = await self.store.reclaim_intake(self.worker_id, INTAKE_BATCH, min_idle_ms=self.cadence.lease_ms)
         for entry_id, fields in reclaimed:

@@ -13,7 +13,9 @@ local state = redis.call('HGET', KEYS[1], 'state')
 local created = 0
 if (not state) or (ARGV[8] == '1' and state ~= 'pending') then
   local member = ARGV[5] .. ':' .. ARGV[6]
-  redis.call('DEL', KEYS[1])
+  -- a new task's first write is the HSET: Redis checks it against maxmemory (a script's later
+  -- writes are not checked), so a full Redis refuses the registration whole instead of growing
+  if state then redis.call('DEL', KEYS[1]) end
   redis.call('HSET', KEYS[1], 'record', ARGV[1], 'state', 'pending', 'sched', ARGV[2])
   local soonest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -101,6 +102,16 @@ async def test_attempt_delivers_the_event_and_records_the_attempt() -> None:
     assert got == [body["event"]]
     assert body["status"] == "delivered"
     assert [shape(a) for a in body["attempts"]] == [{"at_ms": 2000, "ok": True, "error": None}]
+
+
+async def test_a_hook_that_does_not_return_in_time_is_a_failed_try_retried_later() -> None:
+    async def hangs(event: dict[str, Any]) -> None:
+        await asyncio.Event().wait()
+
+    body = delivery()
+    outcome = await hooks.attempt({"python:t:hook": hangs}, body, 1000, (2.0,), timeout_s=0.05)
+    assert outcome == hooks.Outcome("retry", 2.0)
+    assert [shape(a) for a in body["attempts"]] == [{"at_ms": 1000, "ok": False, "error": "timed out after 0.05 s"}]
 
 
 async def boom(event: dict[str, Any]) -> None:
@@ -308,3 +319,51 @@ async def test_the_hook_gets_every_clip_event_before_the_task_event(real_backend
         if [c["type"] for c in calls if c["id"] == task_id] != ["clip.succeeded", "clip.succeeded", "task.succeeded"]
     ]
     assert out_of_order == []
+
+
+async def test_a_deliver_job_whose_outbox_lease_was_taken_over_does_nothing(
+    real_backend: Backend, make_sim: MakeSim
+) -> None:
+    """A delivery job that waited past its lease (handed over again since), or that arq runs a second
+    time, finds another lease in the outbox: it neither calls the hook nor moves the delivery."""
+    url, state = await make_sim(auto=False)
+    settings = fast_settings(url, hooks=["probe_hooks:record"], hook_events=["task.succeeded"])
+    state.add_task("suno", "stale-1", script="succeed", run_s=0.2, clip_gap_s=0.05)
+    tracker = Tracker.over(real_backend.redis, first_poll_s=0.1)
+    await tracker.enqueue("suno", "stale-1")
+    store = real_backend.store()
+    pool = real_backend.make_arq_pool()
+    async with jobs.running_worker(jobs.worker_settings(settings, redis_pool=pool, store_redis=real_backend.redis)):
+        assert await eventually(lambda: _delivered(store, "stale-1"), 10)
+        (body,) = [d for d in await store.deliveries() if d["event"]["id"] == "stale-1"]
+        calls = len(probe_hooks.CALLS)
+        body["status"] = "retrying"  # as if its next try were due in an hour
+        await store.save_delivery(body["delivery_id"], body)
+        await store.requeue_delivery(body["delivery_id"], 3_600_000 + store_now_ms())
+        job = await pool.enqueue_job(
+            "deliver",
+            body["delivery_id"],
+            12_345,
+            _job_id="deliver:stale-test",
+            _queue_name=settings.key_prefix + ":arq:queue",
+        )
+        assert job is not None and await job.result(timeout=10) == "stale"
+        assert len(probe_hooks.CALLS) == calls  # the hook was not called again
+        assert await store.outbox_score(body["delivery_id"]) is not None  # still waiting for its real try
+
+
+def store_now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up:
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def _delivered(store: Store, task_id: str) -> bool:
+    return any(d["event"]["id"] == task_id and d["status"] == "delivered" for d in await store.deliveries())

@@ -51,8 +51,8 @@ async def test_the_claims_rows_are_handed_to_a_poll_run_here_once(backend: Backe
 async def test_deliveries_leave_job_slots_for_polls(backend: Backend) -> None:
     pool = backend.make_arq_pool()
     queue = ArqJobQueue(pool, "q", lease_ms=5000)
-    await queue.deliver("d1", 1000)
-    await queue.deliver("d1", 1000)  # the same try handed over twice: one job
+    await queue.deliver("d1", 1000, 31_000)
+    await queue.deliver("d1", 1000, 31_000)  # the same try handed over twice: one job
     assert list(await _queued(pool, "q")) == ["deliver:d1:1000"]
     assert all(queue.start_delivery(f"deliver:d{i}:1") for i in range(DELIVERY_SLOTS))
     assert not queue.start_delivery("deliver:one-too-many:1")  # the job is deferred, its slot stays free

@@ -38,7 +38,7 @@ class Recorder:
     async def poll(self, service: str, token: str, claimed: Claimed) -> None:
         self.polls.append(list(claimed.ids))
 
-    async def deliver(self, delivery_id: str, due_ms: int) -> None:
+    async def deliver(self, delivery_id: str, due_ms: int, leased_until_ms: int) -> None:
         self.deliveries.append(delivery_id)
 
 

@@ -15,14 +15,25 @@ from worker.hooks import WEBHOOK_PREFIX
 from worker.runtime import Parts, Runtime
 from worker.store import Store
 
-#: one try of one delivery (a webhook try is bounded by its 15 s timeout; a Python hook by this)
+#: one try of one delivery (arq's job timeout): a webhook try is bounded by its 15 s timeout
 TRY_TIMEOUT_S = 60
+#: a Python hook that has not returned by then is a failed try (retried on its schedule)
+HOOK_TIMEOUT_S = TRY_TIMEOUT_S - 10
 
 
-async def run_try(runtime: Runtime, delivery_id: str) -> str:
-    """Run one try of ``delivery_id``; returns its status after the try."""
+async def run_try(runtime: Runtime, delivery_id: str, leased_until_ms: int | None = None) -> str:
+    """Run one try of ``delivery_id``; returns its status after the try.
+
+    ``leased_until_ms``: the outbox lease of the hand-over that made this job. If the outbox holds
+    another (the job waited past its lease and the delivery was handed over again, or this try
+    already ran once and arq runs it again), the job is stale: it does nothing, so a delivery
+    never goes out twice at once, nor before its next try is due."""
     parts = runtime.started
     store = parts.store
+    if leased_until_ms is not None:
+        score = await store.outbox_score(delivery_id)
+        if score is not None and score != leased_until_ms:
+            return "stale"
     body = await store.load_delivery(delivery_id)
     if body is None or body.get("status") in ("delivered", "dead"):
         await store.outbox_done(delivery_id)
@@ -35,8 +46,9 @@ async def run_try(runtime: Runtime, delivery_id: str) -> str:
     try:
         outcome = await _attempt(runtime, parts, body, now_ms)
     except asyncio.CancelledError:
-        # a stopping worker hands the try back at once instead of waiting out the lease
-        await asyncio.shield(store.requeue_delivery(delivery_id, runtime.clock()))
+        if parts.scheduler.stopping.is_set():
+            # a stopping worker hands the try back at once instead of waiting out the lease
+            await asyncio.shield(store.requeue_delivery(delivery_id, runtime.clock()))
         raise
     await _record(store, body, outcome, now_ms)
     return outcome.status
@@ -77,6 +89,6 @@ async def _mark_sending(runtime: Runtime, parts: Parts, body: dict[str, Any], no
 async def _attempt(runtime: Runtime, parts: Parts, body: dict[str, Any], now_ms: int) -> hooks_mod.Outcome:
     destination: str = body["destination"]
     if not destination.startswith(WEBHOOK_PREFIX):
-        return await hooks_mod.attempt(runtime.plan.hooks, body, now_ms, runtime.hook_retry_s)
+        return await hooks_mod.attempt(runtime.plan.hooks, body, now_ms, runtime.hook_retry_s, HOOK_TIMEOUT_S)
     disabled = await parts.store.is_disabled(destination.removeprefix(WEBHOOK_PREFIX))
     return await webhooks.attempt(parts.session, parts.webhook_config, body, now_ms, disabled=disabled)

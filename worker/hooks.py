@@ -6,6 +6,7 @@ one failing hook is retried on its own and never holds up the others or any poll
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import logging
@@ -101,16 +102,24 @@ def record_attempt(body: dict[str, Any], now_ms: int, error: str | None, status:
 
 
 async def attempt(
-    hooks: Mapping[str, Hook], body: dict[str, Any], now_ms: int, retry_s: Sequence[float] = HOOK_RETRY_S
+    hooks: Mapping[str, Hook],
+    body: dict[str, Any],
+    now_ms: int,
+    retry_s: Sequence[float] = HOOK_RETRY_S,
+    timeout_s: float | None = None,
 ) -> Outcome:
-    """Call the hook named in ``body`` once; update ``body`` with the attempt and its new status."""
+    """Call the hook named in ``body`` once (a call not done in ``timeout_s`` is a failed try);
+    update ``body`` with the attempt and its new status."""
     hook = hooks.get(body["destination"])
     error: str | None = None
     if hook is None:
         error = f"no hook {body['destination']!r} is configured in this worker"
     else:
         try:
-            await hook(body["event"])
+            await asyncio.wait_for(hook(body["event"]), timeout_s)
+        except TimeoutError:
+            error = f"timed out after {timeout_s:g} s"
+            logger.warning("hook %s timed out for event %s", body["destination"], body["event_id"])
         except Exception as e:  # a user hook may raise anything; it must not stop the worker
             error = f"{type(e).__name__}: {e}"
             logger.warning("hook %s failed for event %s: %s", body["destination"], body["event_id"], error)

@@ -84,7 +84,7 @@ async def poll_job(ctx: dict[str, Any], service: str, token: str, claim_id: str,
         return 0
 
 
-async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
+async def deliver_job(ctx: dict[str, Any], delivery_id: str, leased_until_ms: int | None = None) -> str:
     """Run one try of a delivery; a failed try goes back to the outbox for the next one."""
     runtime = runtime_of(ctx)
     parts = runtime.started
@@ -94,7 +94,7 @@ async def deliver_job(ctx: dict[str, Any], delivery_id: str) -> str:
         # slot stays free for polls; any worker may take it then
         raise Retry(defer=DELIVERY_BUSY_DEFER_S)
     try:
-        return await deliver.run_try(runtime, delivery_id)
+        return await deliver.run_try(runtime, delivery_id, leased_until_ms)
     except Exception as e:
         if not is_full(e):
             raise

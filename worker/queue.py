@@ -71,10 +71,14 @@ class ArqJobQueue:
         entry = self._claimed.pop(claim_id, None)
         return None if entry is None else entry[1]
 
-    async def deliver(self, delivery_id: str, due_ms: int) -> None:
-        """Enqueue one try of a delivery; the same try handed over twice (same due time) runs once."""
+    async def deliver(self, delivery_id: str, due_ms: int, leased_until_ms: int) -> None:
+        """Enqueue one try of a delivery; the same try handed over twice (same due time) runs once.
+        ``leased_until_ms``: the outbox lease this hand-over holds (a job whose lease was taken over
+        by a later hand-over does nothing)."""
         job_id = f"{DELIVER_JOB}:{delivery_id}:{due_ms}"
-        await self.pool.enqueue_job(DELIVER_JOB, delivery_id, _job_id=job_id, _queue_name=self.queue_name)
+        await self.pool.enqueue_job(
+            DELIVER_JOB, delivery_id, leased_until_ms, _job_id=job_id, _queue_name=self.queue_name
+        )
 
     def start_delivery(self, job_id: str) -> bool:
         """Count a delivery job as running here; False when ``DELIVERY_SLOTS`` already run (it waits)."""

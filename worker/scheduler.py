@@ -75,7 +75,7 @@ class JobQueue(Protocol):
 
     async def poll(self, service: str, token: str, claimed: Claimed) -> None: ...
 
-    async def deliver(self, delivery_id: str, due_ms: int) -> None: ...
+    async def deliver(self, delivery_id: str, due_ms: int, leased_until_ms: int) -> None: ...
 
 
 @dataclass
@@ -410,8 +410,8 @@ class Scheduler:
         a worker that dies mid-try loses nothing, the delivery is handed over again after the lease."""
         now_ms = self.clock()
         taken, next_due_ms = await self.store.take_outbox(now_ms, OUTBOX_BATCH, lease_ms=self.cadence.lease_ms)
-        for delivery_id, due_ms in taken:
-            await self.queue.deliver(delivery_id, due_ms)
+        for delivery_id, due_ms in taken:  # the job runs only while the outbox still holds this lease
+            await self.queue.deliver(delivery_id, due_ms, now_ms + self.cadence.lease_ms)
         if len(taken) == OUTBOX_BATCH:
             return 0.0
         wait_ms = OUTBOX_IDLE_S * 1000 if next_due_ms is None else min(OUTBOX_IDLE_S * 1000, next_due_ms - now_ms)

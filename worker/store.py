@@ -792,6 +792,12 @@ class Store:
         """Put a delivery back in the outbox for its next try at ``due_ms``."""
         await self.redis.zadd(self.outbox_key, {delivery_id: due_ms})
 
+    async def outbox_score(self, delivery_id: str) -> int | None:
+        """When the delivery is next due in the outbox (its lease's end while a try is handed over);
+        None when it is no longer there (delivered, dead, or dropped)."""
+        score = await self.redis.zscore(self.outbox_key, delivery_id)
+        return None if score is None else int(score)
+
     async def outbox_done(self, delivery_id: str) -> None:
         """The delivery's job is enqueued: drop it from the outbox."""
         await self.redis.zrem(self.outbox_key, delivery_id)

@@ -48,6 +48,7 @@ REFUSED = [
     ({**BASE, "api_tokens": "not json"}, "ACETRACK_API_TOKENS"),
     ({**BASE, "api_tokens": '["a list"]'}, "ACETRACK_API_TOKENS"),
     ({"api_token": "t"}, "ACETRACK_REDIS_URL"),
+    ({**BASE, "redis_url": "rediss://127.0.0.1:9/0?ssl_ca_cert=/ca.pem"}, "unexpected keyword argument 'ssl_ca_cert'"),
 ]
 
 
@@ -178,9 +179,12 @@ async def test_arqs_own_cli_runs_a_complete_worker(
             delivered = await _until(lambda: _return(len(hooks.verified) >= 3), 10)
         finally:
             proc.terminate()
-            proc.wait(timeout=15)
+            code = proc.wait(timeout=15)
             await tracker.close()
-    assert states == [TaskState.SUCCEEDED] * 3, log.read_text()
+    text = log.read_text()
+    assert states == [TaskState.SUCCEEDED] * 3, text
+    assert code == 0 and "worker starting:" in text and "worker stopping: claims nothing more" in text, text
+    assert "Traceback" not in text, text
     assert delivered and sorted(h["data"]["id"] for h in hooks.verified) == ["arq-1", "arq-2", "arq-3"]  # type: ignore[index]
     assert len(state.log) < 9, len(state.log)  # batched: far fewer requests than 3 tasks x their polls
 

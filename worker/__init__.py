@@ -2,7 +2,7 @@
 
 ``worker.WorkerSettings`` is what ``arq worker.WorkerSettings`` runs: a complete worker (intake,
 claims, polls, deliveries, heartbeat) built from the ``ACETRACK_*`` environment when first looked
-up. A configuration that cannot work ends the process there with exit 2 and one line on stderr.
+up (once). A configuration that cannot work ends the process there with exit 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["WorkerSettings", "__version__"]
+__all__ = ["__version__"]  # WorkerSettings is looked up by name (``arq worker.WorkerSettings``)
 
 
 def __getattr__(name: str) -> Any:

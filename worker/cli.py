@@ -22,8 +22,8 @@ from config import Settings
 from worker import commands
 from worker.arq_settings import settings_error
 from worker.commands import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+from worker.connect import permission_hint
 from worker.errors import AcetrackError, ConfigError, InvalidInput
-from worker.startup import permission_hint
 
 logger = logging.getLogger(__name__)
 
@@ -215,8 +215,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         hint = permission_hint(e) or f"Redis refused the credentials ({e}); check the user and password"
         print(f"acetrack: ACETRACK_REDIS_URL: {hint}", file=sys.stderr)
         code = EXIT_USAGE
-    except (RedisError, OSError) as e:
+    except RedisError as e:
         print(f"acetrack: cannot reach Redis ({e}); check ACETRACK_REDIS_URL", file=sys.stderr)
+        code = EXIT_PROBLEM
+    except OSError as e:  # not Redis (redis-py wraps its socket errors): a port taken, a file missing
+        print(f"acetrack: {e}", file=sys.stderr)
         code = EXIT_PROBLEM
     except AcetrackError as e:
         print(f"acetrack: {e}", file=sys.stderr)

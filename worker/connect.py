@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,11 @@ import redis.asyncio as aioredis
 from arq.connections import RedisSettings
 from redis.asyncio.connection import AbstractConnection, ConnectionPool, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import AuthenticationError, AuthorizationError, OutOfMemoryError
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, OutOfMemoryError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -85,22 +88,40 @@ def is_full(error: BaseException) -> bool:
     return False
 
 
-class FullLog:
-    """One log line a minute, at most, while Redis stays full."""
+class OncePer:
+    """A warning logged at most once every ``every_s`` by one process, however often it recurs."""
 
     def __init__(self, every_s: float = FULL_LOG_EVERY_S) -> None:
         self.every_s = every_s
         self._next_s = 0.0
 
-    def note(self, where: str, error: BaseException, now_s: float) -> None:
-        """Log that ``where`` met a full Redis, unless a line was written less than ``every_s`` ago."""
+    def warn(self, message: str, now_s: float) -> None:
+        """Log ``message`` unless a line was written less than ``every_s`` ago."""
         if now_s >= self._next_s:
             self._next_s = now_s + self.every_s
-            logger.warning("%s: %s (%s)", where, FULL_HINT, error)
+            logger.warning("%s", message)
+
+    def note(self, where: str, error: BaseException, now_s: float) -> None:
+        """Log that ``where`` met a full Redis (``FULL_HINT``)."""
+        self.warn(f"{where}: {FULL_HINT} ({error})", now_s)
 
 
 #: the process's one rate-limited log of a full Redis
-FULL_LOG = FullLog()
+FULL_LOG = OncePer()
+#: and of a command the Redis user may not run, found while running
+REFUSED_LOG = OncePer()
+
+
+def permission_hint(error: RedisError) -> str | None:
+    """For a command the Redis user may not run: one line naming it and what to do; else None."""
+    if not isinstance(error, NoPermissionError):
+        return None
+    refused = re.search(r"run the '([^']+)' command", str(error))
+    grant = f"+{refused[1]}" if refused else "it"
+    return (
+        f"the Redis user may not run a command acetrack needs ({error}); grant {grant} in the user's ACL "
+        "(README, Deploy: 'TLS and a least-privilege Redis user' has the minimal ACL)"
+    )
 
 
 def packing_class(base: type[AbstractConnection]) -> type[AbstractConnection]:
@@ -150,6 +171,27 @@ def create_redis(url: str) -> aioredis.Redis:
         sentinel_url.service_name, db=sentinel_url.db, password=sentinel_url.password
     )
     return fast_packing(master)
+
+
+#: what redis-py reads out of a URL that arq's settings take apart from ``_ARQ_FIELDS``
+_ARQ_BASICS = frozenset({"host", "port", "db", "username", "password", "path"})
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL whose options redis-py cannot use (a typo such as ``ssl_ca_cert``), naming it;
+    warn of options that reach the store's connections but not arq's."""
+    if SentinelUrl.parse(url) is not None:
+        return
+    try:
+        pool = ConnectionPool.from_url(url)
+        pool.make_connection()  # type: ignore[no-untyped-call]  # builds the object only: nothing connects
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"ACETRACK_REDIS_URL {describe(url)}: {e}; check the options in its query string") from e
+    not_for_arq = sorted(set(pool.connection_kwargs) - _ARQ_BASICS - set(_ARQ_FIELDS))
+    if not_for_arq:
+        logger.warning(
+            "ACETRACK_REDIS_URL: %s apply to the store's connections but not to arq's job queue", ", ".join(not_for_arq)
+        )
 
 
 def arq_settings(url: str) -> RedisSettings:

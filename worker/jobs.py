@@ -124,6 +124,7 @@ def worker_settings(
     store_redis: aioredis.Redis | None = None,
     clock: Clock = system_clock,
     hook_retry_s: Sequence[float] = hooks_mod.HOOK_RETRY_S,
+    own_signals: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments of ``arq.worker.Worker`` for acetrack's settings.
 
@@ -134,6 +135,8 @@ def worker_settings(
         store_redis: a ``decode_responses`` client for the store (same server as the pool).
         clock: the epoch-ms clock.
         hook_retry_s: delays between tries of a failing Python hook.
+        own_signals: the worker's start-up installs SIGINT/SIGTERM handlers that stop claiming,
+            then end arq's main loop (``arq worker.WorkerSettings``); else the caller stops it.
     """
     plan = plan or check_worker(settings, needs_redis_url=redis_pool is None)
     queue_name = queue_name_of(settings)
@@ -155,7 +158,12 @@ def worker_settings(
         "keep_result": KEEP_RESULT_S,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
-        "ctx": {"acetrack": Runtime(settings, plan, clock, store_redis, hook_retry_s), "queue_name": queue_name},
+        "ctx": {
+            "acetrack": Runtime(settings, plan, clock, store_redis, hook_retry_s, own_signals=own_signals),
+            "queue_name": queue_name,
+        },
+        # arq's own handlers would cancel the polls before the scheduler stops claiming
+        "handle_signals": False,
     }
     if redis_pool is not None:
         kwargs["redis_pool"] = redis_pool

@@ -26,10 +26,18 @@ from redis.exceptions import NoPermissionError
 
 from config import Settings
 from worker import jobs
-from worker.connect import REDIS_DOWN, REFUSED_CREDENTIALS, arq_settings, create_redis, describe, wait_for_redis
+from worker.connect import (
+    REDIS_DOWN,
+    REFUSED_CREDENTIALS,
+    arq_settings,
+    create_redis,
+    describe,
+    permission_hint,
+    wait_for_redis,
+)
 from worker.errors import ConfigError
 from worker.runtime import runtime_of
-from worker.startup import check_worker, permission_hint
+from worker.startup import check_worker
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -8,7 +8,9 @@ poll and delivery jobs find the parts in ``ctx["acetrack"]``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +58,8 @@ class Runtime:
     clock: Clock
     store_redis: aioredis.Redis | None = None
     hook_retry_s: Sequence[float] = hooks_mod.HOOK_RETRY_S
+    #: install SIGINT/SIGTERM handlers at start (a worker run by arq's CLI; see ``_own_signals``)
+    own_signals: bool = False
     parts: Parts | None = None
     #: the store's client was made here (closed on stop), not handed in
     owns_store_redis: bool = False
@@ -84,7 +88,26 @@ class Runtime:
             await parts.session.close()
             raise
         self.parts = parts
+        if self.own_signals:
+            self._own_signals(parts.scheduler)
         logger.info("%s (id %s)", describe_worker(self.settings, self.plan), parts.scheduler.worker_id)
+
+    @staticmethod
+    def _own_signals(scheduler: Scheduler) -> None:
+        """On SIGINT/SIGTERM: claim nothing more, then end arq's main loop (this start-up runs in
+        it), after which arq's ``run`` closes the worker (running jobs cancelled, polls' claims
+        given back, ``on_shutdown``)."""
+        main = asyncio.current_task()
+        assert main is not None
+
+        def stop() -> None:
+            logger.info("worker stopping: claims nothing more, hands running polls back")
+            scheduler.begin_stop()
+            main.cancel()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
 
     async def _serve_metrics(self) -> None:
         port = self.settings.worker_metrics_port

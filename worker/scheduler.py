@@ -25,10 +25,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from redis.exceptions import NoPermissionError
+
 from worker import metrics
 from worker.classify import first_poll_ms
 from worker.clock import Clock
-from worker.connect import FULL_LOG, REDIS_DOWN, is_full
+from worker.connect import FULL_LOG, REDIS_DOWN, REFUSED_LOG, is_full, permission_hint
 from worker.errors import InvalidInput
 from worker.intake import build_request
 from worker.redis_policy import eviction_problem
@@ -249,6 +251,9 @@ class Scheduler:
                     # nothing was written: the work stays where it was (intake entries unacknowledged)
                     FULL_LOG.note(f"{name} loop", e, time.monotonic())
                     outage_s = sleep_s = min(MAX_OUTAGE_SLEEP_S, max(0.5, outage_s * 2))
+                elif isinstance(e, NoPermissionError):  # an ACL without a grant: no traceback a second
+                    REFUSED_LOG.warn(f"{name} loop: {permission_hint(e)}", time.monotonic())
+                    sleep_s = MAX_OUTAGE_SLEEP_S
                 else:
                     logger.exception("%s loop iteration failed; retrying", name)
                     sleep_s = 1.0

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.exceptions import NoPermissionError, RedisError
-
 from config import Settings
 from worker import hooks as hooks_mod
-from worker.connect import describe
+from worker.connect import check_url, describe
 from worker.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +39,7 @@ class WorkerPlan:
 def _require_redis_url(settings: Settings) -> str:
     if settings.redis_url is None:
         raise ConfigError("ACETRACK_REDIS_URL is not set: set it to your Redis, e.g. redis://localhost:6379/0")
+    check_url(settings.redis_url)
     return settings.redis_url
 
 
@@ -101,13 +100,3 @@ def describe_worker(settings: Settings, plan: WorkerPlan) -> str:
     if changed:
         parts.append("changed: " + " ".join(changed))
     return "worker starting: " + " ".join(parts)
-
-
-def permission_hint(error: RedisError) -> str | None:
-    """For a command the Redis user may not run: one line naming it and what to grant; else None."""
-    if not isinstance(error, NoPermissionError):
-        return None
-    return (
-        f"the Redis user may not run a command acetrack needs ({error}); grant it in the user's ACL "
-        "(README, 'The Redis you need': the minimal ACL adds +info for arq's start-up)"
-    )

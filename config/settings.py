@@ -71,8 +71,8 @@ class Settings(BaseSettings):
     rate_limit_rps: float = Field(50.0, gt=0)
     lease_s: float = Field(30.0, gt=0)
     #: how often an idle arq worker looks for jobs (arq's ``poll_delay``): bounds the wait from a
-    #: delivery falling due to its job starting (batches are claimed this much ahead); each look
-    #: is a Redis round trip, about 0.5 ms of CPU on a small VM
+    #: batch being claimed, or a delivery falling due, to its job starting; each look is a Redis
+    #: round trip, about 0.5 ms of CPU on a small VM (DESIGN.md §3 allows ~200 ms)
     job_poll_delay_s: float = Field(0.2, gt=0, le=5)
     retention_s: float = Field(7 * 24 * 3600.0, gt=0)
     events_maxlen: int = Field(100_000, ge=100)

@@ -34,6 +34,8 @@ from conftest import free_port, require_real_redis
 from worker import sim
 from worker.cli import build_parser
 
+pytestmark = pytest.mark.redis_server_only
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "docker-compose.yml"
 DEMO = ROOT / "docker-compose.demo.yml"

@@ -60,6 +60,8 @@ from worker.scheduler import HEARTBEAT_S
 from worker.store import Store
 from worker.tracker import Tracker
 
+pytestmark = pytest.mark.redis_server_only
+
 MakeSim = Callable[..., Awaitable[tuple[str, sim.SimState]]]
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "whsec_" + base64.b64encode(b"crash-test-secret-0123456789abcd").decode()

@@ -51,6 +51,8 @@ from worker.models import Record
 from worker.store import Store
 from worker.tracker import Tracker
 
+pytestmark = pytest.mark.redis_server_only
+
 MakeSim = Callable[..., Awaitable[tuple[str, sim.SimState]]]
 ROOT = Path(__file__).resolve().parents[1]
 MASTER = "mymaster"

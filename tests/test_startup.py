@@ -224,6 +224,7 @@ def _tls_server(folder: Path, port: int) -> subprocess.Popen[bytes]:
 ACL = "on >pw ~acetrack:* ~arq:* &acetrack:* +@all -@dangerous +info"
 
 
+@pytest.mark.redis_server_only
 async def test_a_least_privilege_user_over_tls_tracks_tasks_and_a_missing_grant_is_named(
     make_sim: MakeSim, tmp_path: Path, real_redis_url: str | None, request: pytest.FixtureRequest
 ) -> None:

@@ -185,7 +185,6 @@ def _cadence(s: Settings) -> Cadence:
         first_poll_s=s.first_poll_s,
         min_repoll_ms=int(s.poll_s * 1000 / 4),
         claim_idle_ms=Cadence.idle_ms_for(s.first_poll_s),
-        lead_ms=int(s.job_poll_delay_s * 1000),
     )
 
 

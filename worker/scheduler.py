@@ -94,9 +94,6 @@ class Cadence:
     min_repoll_ms: int = 0
     #: longest sleep of the claim loop while the wake channel is not followed (``idle_ms_for``)
     claim_idle_ms: int = int(CLAIM_UNSUBSCRIBED_IDLE_S * 1000)
-    #: a batch is claimed this long before its ids fall due: the time an idle arq worker may take to
-    #: pick its job up (its ``poll_delay``), so the poll starts by the due time, not that much after
-    lead_ms: int = 0
 
     @staticmethod
     def idle_ms_for(first_poll_s: float) -> int:
@@ -230,7 +227,7 @@ class Scheduler:
             plan.at_ms, plan.due = due_ms, True
         else:
             return
-        if due_ms - self.cadence.lead_ms < self._claim_wake_ms:
+        if due_ms < self._claim_wake_ms:
             self.nudge("claims")
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[float]]) -> None:
@@ -346,11 +343,6 @@ class Scheduler:
             else self.cadence.claim_idle_ms
         )
 
-    @property
-    def _ahead_ms(self) -> int:
-        """How long before an id falls due a claim takes it as due now."""
-        return CLAIM_SLACK_MS + self.cadence.lead_ms
-
     async def claim_step(self) -> float:
         """Claim every queue whose plan is due; sleep until the soonest plan (at most ``claim_idle_ms``)."""
         now_ms, self._claim_wake_ms = self.clock(), 0
@@ -360,13 +352,12 @@ class Scheduler:
             if plan.at_ms - now_ms > self.claim_idle_ms:
                 # further off than a look (the clock stepped back, or a new queue's first due): a look
                 plan.at_ms, plan.due = now_ms + self.claim_idle_ms, False
-            elif plan.at_ms - now_ms <= self._ahead_ms:  # a timer may fire a few ms early: not early
+            elif plan.at_ms - now_ms <= CLAIM_SLACK_MS:  # a timer may fire a few ms early: not early
                 await self._claim_queue(queue, plan)
         now_ms = self.clock()
         look_ms = now_ms + self.claim_idle_ms
         # every plan, a new queue's too: one an ``expect`` made during the claims did not nudge
-        lead_ms = self.cadence.lead_ms
-        self._claim_wake_ms = min([look_ms, *(plan.at_ms - lead_ms for plan in self._plans.values())])
+        self._claim_wake_ms = min([look_ms, *(plan.at_ms for plan in self._plans.values())])
         return max(self._claim_wake_ms - now_ms, 1) / 1000
 
     async def _claim_queue(self, queue: tuple[str, str], plan: QueuePlan) -> None:
@@ -397,7 +388,7 @@ class Scheduler:
             lease_ms=self.cadence.lease_ms,
             rate_rps=self.cadence.rate_limit_rps,
             min_repoll_ms=self.cadence.min_repoll_ms,
-            early_ms=self._ahead_ms,
+            early_ms=CLAIM_SLACK_MS,
             worker=self.worker_id,
             planned_ms=planned_ms,
         )

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import json
 import logging.config
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -19,11 +20,12 @@ from pydantic import ValidationError
 from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisError
 
 from config import Settings
-from worker import commands
+from worker import __version__, commands
 from worker.arq_settings import settings_error
 from worker.commands import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from worker.connect import permission_hint
 from worker.errors import AcetrackError, ConfigError, InvalidInput
+from worker.watch import watch as watch_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ def _task_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``acetrack`` argument parser."""
     parser = argparse.ArgumentParser(prog="acetrack", description="Track Ace Data Cloud tasks to completion.")
+    parser.add_argument("--version", action="version", version=f"acetrack {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("worker", help="run a worker (intake, batched polling, hooks)")
     sub.add_parser("serve", help="serve the HTTP API")
@@ -80,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list tasks, oldest first")
     listing.add_argument("--state", choices=["pending", "succeeded", "failed"])
     listing.add_argument("--service")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=_positive, default=100)
+    listing.add_argument("--cursor", help="start after the last page's end ('next cursor: ...')")
     listing.add_argument("--json", action="store_true")
     cancel = sub.add_parser("cancel", help="stop tracking a pending task (failed, reason cancelled)")
     _task_args(cancel)
@@ -95,9 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("ids", nargs="*", metavar="ID")
     watch.add_argument("--all", action="store_true", help="every pending task (of SERVICE, if given)")
     watch.add_argument("--interval-s", type=float, default=0.5)
-    watch.add_argument("--json", action="store_true")
+    watch.add_argument("--json", action="store_true", help="a JSON line per change of a task, then the totals")
     _add_hooks_parser(sub)
+    _add_tokens_parser(sub)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _add_tokens_parser(sub: Any) -> None:
+    tokens = sub.add_parser("tokens", help="configured API tokens and their pauses (a 401/403 pauses one)")
+    tokens.add_argument("--json", action="store_true")
+    verbs = tokens.add_subparsers(dest="verb")
+    listing = verbs.add_parser("list", help="each token and whether it is paused (the default)")
+    listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    verbs.add_parser("resume", help="lift a token's pause: its tasks are polled again now").add_argument("name")
 
 
 def _add_hooks_parser(sub: Any) -> None:
@@ -105,6 +126,7 @@ def _add_hooks_parser(sub: Any) -> None:
     verbs = hooks.add_subparsers(dest="verb", required=True)
     listing = verbs.add_parser("list", help="list deliveries")
     listing.add_argument("--dead", action="store_true", help="only dead-lettered deliveries")
+    listing.add_argument("--limit", type=_positive, default=100, help="at most this many, oldest first")
     listing.add_argument("--json", action="store_true")
     replay = verbs.add_parser("replay", help="send deliveries again (same webhook-id, new signature)")
     target = replay.add_mutually_exclusive_group(required=True)
@@ -133,7 +155,9 @@ async def _redis_command(settings: Settings, args: argparse.Namespace) -> int:
             case "check":
                 return await commands.check(tracker, args)
             case "watch":
-                return await commands.watch(tracker, args)
+                return await watch_tasks(tracker, args)
+            case "tokens":
+                return await commands.tokens(settings, tracker, args)
             case _:
                 return await commands.hooks(tracker, args)
     finally:
@@ -195,6 +219,15 @@ def dispatch(args: argparse.Namespace) -> int:
     return asyncio.run(_redis_command(settings, args))
 
 
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``acetrack list | head -1``): no error, as for other CLIs.
+    Python's recipe (docs.python.org/3/library/signal.html#note-on-sigpipe): point stdout at
+    devnull, so flushing what is left at exit does not fail again, and exit 0."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
     args = build_parser().parse_args(argv)
@@ -202,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.config.dictConfig(default_log_config("WARNING" if args.command == "demo" else "INFO", False))
     try:
         code = dispatch(args)
+        sys.stdout.flush()  # here, not at exit: a reader that is gone is found out in this try
+    except BrokenPipeError:
+        code = _stdout_closed()
     except (InvalidInput, ConfigError) as e:
         print(f"acetrack: {e}", file=sys.stderr)
         code = EXIT_USAGE

@@ -1,32 +1,41 @@
 """Bodies of the CLI's Redis commands (``enqueue``, ``status``, ``list``, ``cancel``, ``reopen``,
-``stats``, ``check``, ``watch``, ``hooks``). Each returns an exit code; ``cli`` parses and dispatches.
+``stats``, ``check``, ``hooks``, ``tokens``; ``watch`` is in ``worker.watch``). Each returns an exit
+code; ``cli`` parses and dispatches.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import os
 import socket
 import sys
 from datetime import UTC, datetime
-
-from rich.console import Console
-from rich.live import Live
-from rich.progress import BarColumn, Progress, TextColumn
+from typing import Any, TextIO
 
 from config import Settings
 from worker.clock import system_clock
-from worker.control import collect_stats, live_workers
+from worker.control import collect_stats, decode_cursor, encode_cursor, live_workers
 from worker.errors import ConfigError, InvalidInput
 from worker.http import control_from_settings
-from worker.intake import check_id, check_service
-from worker.models import Record, TaskState
+from worker.intake import DEFAULT_TOKEN, check_id, check_service
+from worker.models import Clip, ClipState, Record, TaskState
 from worker.redis_policy import eviction_problem
 from worker.store import Store
 from worker.tracker import Tracker
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+#: what the CLI calls a watched id that acetrack does not track (not a ``TaskState``: no record has it)
+UNKNOWN = "unknown"
+#: colour of each state in text output on a terminal (``rich`` style names)
+STATE_COLOURS: dict[str, str] = {
+    TaskState.SUCCEEDED: "green",
+    TaskState.FAILED: "red",
+    TaskState.PENDING: "yellow",
+    ClipState.RUNNING: "yellow",
+    UNKNOWN: "magenta",
+}
+_ANSI = {"green": "32", "red": "31", "yellow": "33", "magenta": "35"}
 
 
 def tracker_from(settings: Settings) -> Tracker:
@@ -47,20 +56,80 @@ def _err(message: str) -> None:
     print(f"acetrack: {message}", file=sys.stderr)
 
 
-def summary_line(record: Record) -> str:
-    """One human line for a record."""
-    clips = ", ".join(f"{c.title or c.id} ({c.state.value})" for c in record.clips) or "no clips yet"
+def colour_enabled(stream: TextIO) -> bool:
+    """Colours only on a terminal, and not with ``NO_COLOR`` set (no-color.org) or ``TERM=dumb``."""
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def paint(text: str, state: str, colour: bool) -> str:
+    """``text`` in ``state``'s colour (ANSI), or as is when ``colour`` is off."""
+    code = _ANSI.get(STATE_COLOURS.get(state, ""))
+    return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
+
+
+def _head(record: Record, colour: bool) -> str:
     reason = f" ({record.reason.value})" if record.reason else ""
     progress = "" if record.progress is None else f", {record.progress}%"
-    return f"{record.service}/{record.id}: {record.state.value}{reason}{progress}, {clips}"
+    return f"{record.service}/{record.id}: {paint(record.state.value + reason, record.state, colour)}{progress}"
+
+
+def summary_line(record: Record, colour: bool = False) -> str:
+    """One human line for a record."""
+    clips = ", ".join(f"{c.title or c.id} ({paint(c.state.value, c.state, colour)})" for c in record.clips)
+    return f"{_head(record, colour)}, {clips or 'no clips yet'}"
+
+
+def _clip_line(clip: Clip, colour: bool) -> str:
+    name = (clip.id or "?") + (f' "{clip.title}"' if clip.title else "")
+    audio = f" {clip.audio_url}" if clip.audio_url else ""
+    error = f" ({clip.error})" if clip.error else ""
+    return f"  clip {name}: {paint(clip.state.value, clip.state, colour)}{audio}{error}"
+
+
+def detail_lines(record: Record, colour: bool = False) -> list[str]:
+    """``status``'s text: the head line, a failed task's error, then one line per clip with its audio URL."""
+    lines = [_head(record, colour)]
+    if record.error:
+        code, message = record.error.get("code"), record.error.get("message")
+        lines.append("  error: " + ": ".join(p for p in (code, message) if p))
+    lines += [_clip_line(clip, colour) for clip in record.clips] or ["  no clips" + ("" if record.terminal else " yet")]
+    return lines
+
+
+def check_token(settings: Settings, name: str | None) -> None:
+    """Refuse a token name the CLI's settings do not configure. A host that configures none (a
+    producer's) cannot tell, so it accepts any: the workers' settings decide.
+
+    Raises:
+        InvalidInput: on field ``token``, naming the configured tokens.
+    """
+    configured = settings.tokens()
+    token = name or DEFAULT_TOKEN
+    if configured and token not in configured:
+        names = ", ".join(sorted(configured))
+        raise InvalidInput("token", f"token {token!r} is not configured here; configured tokens: {names}")
+
+
+def _enqueued_line(earlier: Record | None, record: Record, colour: bool) -> str:
+    state = paint(record.state.value, record.state, colour)
+    name = f"{record.service}/{record.id}"
+    if earlier is None:
+        return f"{name} {state}"
+    if earlier.terminal and not record.terminal:
+        return f"{name} reopened ({state})"
+    hint = "; --reopen restarts it" if record.terminal else ""
+    return f"{name} already tracked ({state}){hint}"
 
 
 async def enqueue(settings: Settings, tracker: Tracker, args: argparse.Namespace) -> int:
-    """Validate every id first, then store them all."""
+    """Validate every id (and the token) first, then store them all, saying which were tracked already."""
     meta = json.loads(args.meta) if args.meta else None
     for task_id in args.ids:
         Tracker.validate(args.service, task_id, settings.services)
+    check_token(settings, args.token)
+    colour = colour_enabled(sys.stdout)
     for task_id in args.ids:
+        earlier = await tracker.get(args.service, task_id)
         record = await tracker.enqueue(
             args.service,
             task_id,
@@ -70,7 +139,7 @@ async def enqueue(settings: Settings, tracker: Tracker, args: argparse.Namespace
             meta=meta,
             reopen=args.reopen,
         )
-        print(json.dumps(record.to_dict()) if args.json else f"{record.service}/{record.id} {record.state.value}")
+        print(json.dumps(record.to_dict()) if args.json else _enqueued_line(earlier, record, colour))
     return EXIT_OK
 
 
@@ -80,22 +149,31 @@ async def status(tracker: Tracker, args: argparse.Namespace) -> int:
     if record is None:
         _err(f"task {args.service}/{args.id} is not tracked")
         return EXIT_PROBLEM
-    print(json.dumps(record.to_dict(), indent=2) if args.json else summary_line(record))
+    print(
+        json.dumps(record.to_dict(), indent=2)
+        if args.json
+        else "\n".join(detail_lines(record, colour_enabled(sys.stdout)))
+    )
     return EXIT_OK
 
 
 async def list_tasks(tracker: Tracker, args: argparse.Namespace) -> int:
-    """Every task matching the filters, oldest first, page by page."""
+    """Tasks matching the filters, oldest first, from ``--cursor`` on; then the next page's cursor, if any."""
     service = check_service(args.service) if args.service else None
     state = TaskState(args.state) if args.state else None
-    after, shown = None, 0
+    after = decode_cursor(args.cursor, state) if args.cursor else None
+    colour = colour_enabled(sys.stdout)
+    shown = 0
     while shown < args.limit:
         records, after = await tracker.store.list_page(service, state, min(500, args.limit - shown), after)
         for record in records:
-            print(json.dumps(record.to_dict()) if args.json else summary_line(record))
+            print(json.dumps(record.to_dict()) if args.json else summary_line(record, colour))
         shown += len(records)
         if after is None:
             break
+    if after is not None:
+        # JSON lines stay records only: there the cursor goes to stderr
+        print(f"next cursor: {encode_cursor(after)}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK
 
 
@@ -107,7 +185,7 @@ async def cancel(settings: Settings, tracker: Tracker, args: argparse.Namespace)
     if record is None or outcome != "cancelled":
         _err(f"task {args.service}/{args.id} " + ("is not tracked" if record is None else "has already finished"))
         return EXIT_PROBLEM
-    print(json.dumps(record.to_dict()) if args.json else summary_line(record))
+    print(json.dumps(record.to_dict()) if args.json else summary_line(record, colour_enabled(sys.stdout)))
     return EXIT_OK
 
 
@@ -119,7 +197,7 @@ async def reopen(settings: Settings, tracker: Tracker, args: argparse.Namespace)
     if record is None or outcome != "reopened":
         _err(f"task {args.service}/{args.id} " + ("is not tracked" if record is None else "is still pending"))
         return EXIT_PROBLEM
-    print(json.dumps(record.to_dict()) if args.json else summary_line(record))
+    print(json.dumps(record.to_dict()) if args.json else summary_line(record, colour_enabled(sys.stdout)))
     return EXIT_OK
 
 
@@ -130,9 +208,10 @@ async def stats(tracker: Tracker, args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return EXIT_OK
     for service, counts in data["services"].items():
+        age_s = counts["oldest_pending_age_s"]
         print(
             f"{service:<12} pending {counts['pending']:>6}  succeeded {counts['succeeded']:>6}  "
-            f"failed {counts['failed']:>6}  oldest pending {counts['oldest_pending_age_s']} s"
+            f"failed {counts['failed']:>6}  oldest pending {'-' if age_s is None else f'{age_s} s'}"
         )
     print(
         f"workers: {len(data['workers'])}  backlog due now: {sum(data['backlog'].values())}  "
@@ -142,14 +221,17 @@ async def stats(tracker: Tracker, args: argparse.Namespace) -> int:
 
 
 async def check(tracker: Tracker, args: argparse.Namespace) -> int:
-    """Health probe: Redis answers and a worker (this host's, if it runs one) beats and is ready."""
+    """Health probe: Redis answers, a worker (this host's, if it runs one) beats and is ready, and no
+    token is paused (by a heartbeat's account or in Redis: a pause outlives the worker that made it)."""
     await tracker.store.redis.ping()
     now_ms = system_clock()
     live = await live_workers(tracker.store, now_ms)
     mine = [w for w in live if str(w.get("worker_id", "")).startswith(socket.gethostname() + "-")]
     candidates = mine or ([] if args.local else live)
     problems = [] if candidates else ["no live worker heartbeat" + (" on this host" if args.local else "")]
-    problems += [f"token {t!r} paused" for w in candidates for t in w.get("paused_tokens", [])]
+    pauses = await tracker.store.token_pauses()
+    paused = sorted({t for w in candidates for t in w.get("paused_tokens", [])} | pauses.keys())
+    problems += [f"token {t!r} paused" + _pause_left(pauses.get(t)) for t in paused]
     healthy = not problems
     warning = await eviction_problem(tracker.store.redis)  # a warning: healthy all the same
     problems += [warning] if warning else []
@@ -159,40 +241,52 @@ async def check(tracker: Tracker, args: argparse.Namespace) -> int:
     return EXIT_OK if healthy else EXIT_PROBLEM
 
 
-async def watch(tracker: Tracker, args: argparse.Namespace) -> int:
-    """A live view with a progress bar per task, until every watched task is terminal."""
-    service = check_service(args.service) if args.service else None
-    if args.all or not args.ids:
-        pending, _ = await tracker.store.list_page(service, TaskState.PENDING, 200)
-        keys = [(r.service, r.id) for r in pending]
-    else:
-        keys = [(check_service(args.service), check_id(i)) for i in args.ids]
-    if not keys:
-        print("nothing to watch: no pending tasks")
-        return EXIT_OK
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[state]}"))
-    bars = {key: progress.add_task(f"{key[0]}/{key[1]}", total=100, state="pending") for key in keys}
-    with Live(progress, console=Console(), refresh_per_second=4):
-        while True:
-            records = await tracker.store.get_many(keys)
-            for key, record in zip(keys, records, strict=True):
-                if record is not None:
-                    done = 100 if record.terminal else (record.progress or 0)
-                    progress.update(bars[key], completed=done, state=_state_text(record))
-            if all(r is None or r.terminal for r in records):
-                break
-            await asyncio.sleep(args.interval_s)
-    finished = [r for r in records if r is not None]
-    ok = sum(1 for r in finished if r.state is TaskState.SUCCEEDED)
-    print(f"{ok} succeeded, {len(finished) - ok} failed, {len(keys) - len(finished)} unknown")
+def _pause_left(pause: tuple[str, int] | None) -> str:
+    return "" if pause is None else f" for {pause[1] / 1000:.0f} s more ({pause[0]}); 'acetrack tokens resume' lifts it"
+
+
+async def tokens(settings: Settings, tracker: Tracker, args: argparse.Namespace) -> int:
+    """``tokens``: each configured token (never its secret) and each paused in Redis, with its pause;
+    ``tokens resume NAME``: lift a pause (exit 1 if the token was not paused)."""
+    if args.verb == "resume":
+        return await _resume(tracker.store, args.name)
+    now_ms = system_clock()
+    configured = settings.tokens()
+    pauses = await tracker.store.token_pauses()
+    rows = [_token_row(n, n in configured, pauses.get(n), now_ms) for n in sorted(configured.keys() | pauses.keys())]
+    if not rows and not args.json:
+        print("no token configured here (ACETRACK_API_TOKEN, ACETRACK_API_TOKENS) and none paused in Redis")
+    for row in rows:
+        print(json.dumps(row) if args.json else _token_text(row))
     return EXIT_OK
 
 
-def _state_text(record: Record) -> str:
-    if record.reason:
-        return f"{record.state.value} ({record.reason.value})"
-    ready = sum(1 for c in record.clips if c.audio_url)
-    return f"{record.state.value}, {ready}/{len(record.clips)} clips ready" if record.clips else record.state.value
+def _token_row(name: str, configured: bool, pause: tuple[str, int] | None, now_ms: int) -> dict[str, Any]:
+    until_ms = None if pause is None else now_ms + pause[1]
+    reason = None if pause is None else pause[0]
+    return {
+        "name": name,
+        "configured": configured,
+        "paused": pause is not None,
+        "paused_until_ms": until_ms,
+        "reason": reason,
+    }
+
+
+def _token_text(row: dict[str, Any]) -> str:
+    where = "configured" if row["configured"] else "not configured here"
+    if not row["paused"]:
+        return f"{row['name']:<16} {where:<20} active"
+    until = datetime.fromtimestamp(row["paused_until_ms"] / 1000, tz=UTC).isoformat(timespec="seconds")
+    return f"{row['name']:<16} {where:<20} paused until {until.replace('+00:00', 'Z')} ({row['reason']})"
+
+
+async def _resume(store: Store, name: str) -> int:
+    if not await store.resume_token(name, system_clock()):
+        _err(f"token {name!r} is not paused")
+        return EXIT_PROBLEM
+    print(f"token {name!r} resumed: its waiting tasks are due now")
+    return EXIT_OK
 
 
 async def hooks(tracker: Tracker, args: argparse.Namespace) -> int:
@@ -215,18 +309,26 @@ async def hooks(tracker: Tracker, args: argparse.Namespace) -> int:
 
 
 async def _hooks_list(store: Store, args: argparse.Namespace) -> int:
+    """The ``--limit`` oldest deliveries (dead letters with ``--dead``)."""
     if args.dead:
-        bodies = [b for b in [await store.load_delivery(d) for d in await store.dead_letters()] if b]
+        ids = await store.dead_letters()
+        found = len(ids)
+        bodies = [b for b in [await store.load_delivery(d) for d in ids[: args.limit]] if b]
     else:
-        bodies = await store.deliveries()
+        # the store reads at most this many (in no order) before sorting them oldest first
+        every = await store.deliveries(max(args.limit, 1000))
+        found, bodies = len(every), every[: args.limit]
+    if found > args.limit:
+        _err(f"showing the {args.limit} oldest of {found}; --limit shows more")
     for body in bodies:
         summary = {k: body.get(k) for k in ("delivery_id", "event_id", "destination", "status", "reason", "tries")}
         summary["attempts"] = body.get("attempts")
         if args.json:
             print(json.dumps(summary))
         else:
-            last = (body.get("attempts") or [{}])[-1]
-            print(f"{body['delivery_id']} {body['status']:<9} {body['destination']} last: {last.get('error') or 'ok'}")
+            attempts = body.get("attempts") or []
+            last = (attempts[-1].get("error") or "ok") if attempts else "no try yet"
+            print(f"{body['delivery_id']} {body['status']:<9} {body['destination']} last: {last}")
     return EXIT_OK
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from worker.classify import fail
 from worker.clock import Clock, system_clock
+from worker.errors import InvalidInput
 from worker.events import build_events
 from worker.intake import EnqueueRequest
-from worker.models import EventType, Reason, Record
-from worker.store import Store
+from worker.models import EventType, Reason, Record, TaskState
+from worker.store import Cursor, Store
 
 #: a worker heartbeat older than this means the worker is dead or stuck (it beats every 5 s)
 HEARTBEAT_STALE_MS = 20_000
@@ -88,11 +92,39 @@ async def collect_stats(store: Store, now_ms: int) -> dict[str, Any]:
         "totals": await store.count_by_state(None),
         "backlog": await store.backlog(now_ms),
         "workers": workers,
-        "paused_tokens": sorted({t for w in workers for t in w.get("paused_tokens", [])}),
+        "paused_tokens": await paused_tokens(store, workers),
         "counters": await store.counters(),
     }
+
+
+async def paused_tokens(store: Store, workers: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Tokens paused by the heartbeats' account or in Redis: a pause outlives the worker that made it
+    (a restarted worker's heartbeat does not know it, and its tasks wait all the same)."""
+    in_redis = await store.token_pauses()
+    return sorted({t for w in workers for t in w.get("paused_tokens", [])} | in_redis.keys())
 
 
 async def live_workers(store: Store, now_ms: int) -> list[dict[str, Any]]:
     """Heartbeats of workers that beat recently (a stuck worker's key may not have expired yet)."""
     return [w for w in await store.workers() if now_ms - int(w.get("at_ms", 0)) < HEARTBEAT_STALE_MS]
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    """A ``Store.list_page`` cursor as text, as ``GET /tasks`` writes its ``next_cursor``."""
+    return base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode()
+
+
+def decode_cursor(text: str, state: TaskState | None) -> Cursor:
+    """Inverse of ``encode_cursor``; accepts ``GET /tasks``'s cursors too.
+
+    Raises:
+        InvalidInput: on field ``cursor``, when it is not one acetrack wrote or belongs to another state.
+    """
+    try:
+        cursor_state, score, member = json.loads(base64.urlsafe_b64decode(text.encode()))
+        cursor = (TaskState(cursor_state).value, int(score), str(member))
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error) as e:
+        raise InvalidInput("cursor", "cursor is not one acetrack printed; start again without it") from e
+    if state is not None and cursor[0] != state.value:
+        raise InvalidInput("cursor", f"cursor belongs to a listing of {cursor[0]} tasks, not {state.value}")
+    return cursor

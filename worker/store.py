@@ -985,3 +985,36 @@ class Store:
             if first and (oldest is None or int(first[0][1]) < oldest):
                 oldest = int(first[0][1])
         return oldest
+
+    async def token_pauses(self) -> dict[str, tuple[str, int]]:
+        """Every token paused in Redis (by any worker, running or not): (reason, ms left of the pause)."""
+        keys = [k async for k in self.redis.scan_iter(match=self.paused_key("*"), count=100)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(key)
+                pipe.pttl(key)
+            replies = await pipe.execute()
+        start = len(self.paused_key(""))
+        rows = zip(keys, replies[::2], replies[1::2], strict=True)
+        # a key that expired between the scan and the read has no reason and a negative ttl
+        return {key[start:]: (reason, int(left_ms)) for key, reason, left_ms in rows if reason and left_ms > 0}
+
+    async def resume_token(self, token: str, now_ms: int, slack_ms: int = 60_000) -> bool:
+        """Lift ``token``'s pause: its ids due before the pause would have ended (give or take
+        ``slack_ms``: the pause's TTL runs on Redis's clock, due times on the workers') fall due now,
+        and the workers' claim loops are told (the wake channel). False when it was not paused."""
+        left_ms = int(await self.redis.pttl(self.paused_key(token)))
+        if left_ms <= 0:
+            return False
+        services = [service for service, each in await self.queues() if each == token]
+        # a paused token's queues are not claimed, so these ids are not in any worker's hands
+        until_ms = now_ms + left_ms + slack_ms
+        held = [await self.redis.zrangebyscore(self.due_key(s, token), now_ms, until_ms) for s in services]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.paused_key(token))
+            for service, ids in zip(services, held, strict=True):
+                if ids:  # XX: an id that finished meanwhile is not put back
+                    pipe.zadd(self.due_key(service, token), dict.fromkeys(ids, now_ms), xx=True)
+                pipe.publish(self.wake_channel, f"{_queue_member(service, token)}|{now_ms}")
+            replies = await pipe.execute()
+        return bool(replies[0])

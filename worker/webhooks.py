@@ -31,6 +31,8 @@ REQUEST_TIMEOUT_S = 15.0
 #: a Retry-After longer than this is not honoured as is
 MAX_RETRY_AFTER_S = 86_400.0
 JITTER = 0.1
+#: a worker without the webhook secret hands a delivery back for this long, for a worker that has it
+NO_SECRET_RETRY_S = 60.0
 
 Resolver = Callable[[str], Awaitable[list[str]]]
 
@@ -144,7 +146,13 @@ async def attempt(
     if disabled:
         return _dead(body, now_ms, "gone", "URL disabled after a 410 Gone; run 'acetrack hooks enable URL'")
     if not config.secret:
-        return _dead(body, now_ms, "no_secret", "ACETRACK_WEBHOOK_SECRET is not set (whsec_...)")
+        # not the delivery's fault: another worker may have the secret, so no try is spent (the body
+        # is left as it was) and the delivery waits in the outbox for a worker that can sign it
+        logger.warning(
+            "webhook delivery %s handed back: this worker has no ACETRACK_WEBHOOK_SECRET (whsec_...) to sign it",
+            body["delivery_id"],
+        )
+        return Outcome("retry", NO_SECRET_RETRY_S)
     try:
         await screen(url, config.allow_hosts, resolver)
     except InvalidInput as e:

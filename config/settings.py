@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     #: how often an idle arq worker looks for jobs (arq's ``poll_delay``): bounds the wait from a
     #: batch being claimed, or a delivery falling due, to its job starting; each look is a Redis
     #: round trip, about 0.5 ms of CPU on a small VM (DESIGN.md §3 allows ~200 ms)
-    job_poll_delay_s: float = Field(0.2, gt=0, le=5)
+    job_poll_delay_s: float = Field(0.15, gt=0, le=5)
     retention_s: float = Field(7 * 24 * 3600.0, gt=0)
     events_maxlen: int = Field(100_000, ge=100)
     hooks: CommaList = Field(default_factory=list)

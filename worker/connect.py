@@ -46,8 +46,9 @@ FULL_HINT = (
     "Redis is full (maxmemory reached, OOM): it refuses writes; nothing acknowledged is lost and work "
     "resumes by itself once memory frees: raise maxmemory, or lower ACETRACK_RETENTION_S / ACETRACK_EVENTS_MAXLEN"
 )
-#: the longest wait between two tries to reach a Redis that is down
-MAX_RETRY_S = 5.0
+#: the longest wait between two tries to reach a Redis that is down (so work starts within that of
+#: Redis answering)
+MAX_RETRY_S = 1.5
 #: arq's own start-up retries (``arq worker.WorkerSettings``): one try a second for a day, each logged
 ARQ_CONN_RETRIES = 86_400
 #: URL query options of redis-py that arq's ``RedisSettings`` has a field for, by that field's name

@@ -27,7 +27,7 @@ from worker import hooks as hooks_mod
 from worker.clock import Clock, system_clock
 from worker.connect import FULL_LOG, arq_settings, is_full
 from worker.queue import DELIVER_JOB, MAX_JOBS, POLL_JOB
-from worker.runtime import Runtime, runtime_of
+from worker.runtime import Parts, Runtime, runtime_of
 from worker.startup import WorkerPlan, check_worker
 
 logger = logging.getLogger(__name__)
@@ -72,23 +72,26 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 async def poll_job(ctx: dict[str, Any], service: str, token: str, claim_id: str, ids: list[str]) -> int:
     """Poll one claimed batch with one ``retrieve_batch``; returns how many tasks finished."""
-    parts = runtime_of(ctx).started
-    pending = parts.queue.pending_of(claim_id)  # None when another process claimed it: read here
-    try:
-        return await parts.poller.poll_batch(service, token, claim_id, ids, pending)
-    except Exception as e:
-        if not is_full(e):
-            raise
-        # Redis refused the write: the tasks keep their state, the claim's lease hands them over again
-        FULL_LOG.note("poll", e, time.monotonic())
-        return 0
+    with runtime_of(ctx).job() as parts:
+        pending = parts.queue.pending_of(claim_id)  # None when another process claimed it: read here
+        try:
+            return await parts.poller.poll_batch(service, token, claim_id, ids, pending)
+        except Exception as e:
+            if not is_full(e):
+                raise
+            # Redis refused the write: the tasks keep their state, the claim's lease hands them over again
+            FULL_LOG.note("poll", e, time.monotonic())
+            return 0
 
 
 async def deliver_job(ctx: dict[str, Any], delivery_id: str, leased_until_ms: int | None = None) -> str:
     """Run one try of a delivery; a failed try goes back to the outbox for the next one."""
     runtime = runtime_of(ctx)
-    parts = runtime.started
-    job_id: str = ctx["job_id"]
+    with runtime.job() as parts:
+        return await _deliver(runtime, parts, ctx["job_id"], delivery_id, leased_until_ms)
+
+
+async def _deliver(runtime: Runtime, parts: Parts, job_id: str, delivery_id: str, leased_until_ms: int | None) -> str:
     if not parts.queue.start_delivery(job_id):
         # every delivery slot of this process is taken (slow webhooks): back to the queue, so the
         # slot stays free for polls; any worker may take it then

@@ -105,17 +105,20 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self.worker.tasks.values(), return_exceptions=True)
 
-    async def close(self) -> None:
-        """Stop the current worker (arq's ``close``), or at least the runtime and the pool."""
+    async def close(self) -> bool:
+        """Stop the current worker (arq's ``close``), or at least the runtime and the pool; whether
+        the runtime had started (then it logged its own stop line)."""
+        started = runtime_of(self.kwargs["ctx"]).parts is not None
         try:
             if self.worker is not None:
                 await jobs.stop(self.worker)
-                return
+                return started
         except REDIS_DOWN as e:  # arq's close writes to Redis: without it, still stop the loops
             logger.warning("stopping without Redis (%s)", e)
         await runtime_of(self.kwargs["ctx"]).stop()
         if self.pool is not None:
             await self.pool.aclose(close_connection_pool=True)
+        return started
 
 
 async def run_worker(settings: Settings) -> None:
@@ -129,6 +132,7 @@ async def run_worker(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     store_redis = create_redis(url)
     supervisor: Supervisor | None = None
+    started = False
     try:
         await _unless_stopped(stop, wait_for_redis(store_redis, url))
         await check_redis_permissions(store_redis)
@@ -140,6 +144,7 @@ async def run_worker(settings: Settings) -> None:
         pass
     finally:
         if supervisor is not None:
-            await supervisor.close()
+            started = await supervisor.close()
         await store_redis.aclose()
-    logger.info("worker stopped")
+    if not started:  # a started worker's runtime logged its own stop line
+        logger.info("worker stopped before it started")

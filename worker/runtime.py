@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -35,6 +36,9 @@ from worker.startup import WorkerPlan, describe_worker
 from worker.store import Store
 
 logger = logging.getLogger(__name__)
+
+#: how long a worker stopping on a signal under arq's CLI lets its running jobs end
+STOP_GRACE_S = 20.0
 
 
 @dataclass
@@ -61,9 +65,26 @@ class Runtime:
     #: install SIGINT/SIGTERM handlers at start (a worker run by arq's CLI; see ``_own_signals``)
     own_signals: bool = False
     parts: Parts | None = None
+    #: poll and delivery jobs running in this process now (``job``), and an event set while none is
+    running_jobs: int = 0
+    no_jobs: asyncio.Event = field(default_factory=asyncio.Event)
     #: the store's client was made here (closed on stop), not handed in
     owns_store_redis: bool = False
     metrics_runner: web.AppRunner | None = None
+    _stopper: asyncio.Future[None] | None = None
+
+    @contextmanager
+    def job(self) -> Iterator[Parts]:
+        """The parts, for one poll or delivery job, counted while it runs (a stop waits for them)."""
+        parts = self.started
+        self.running_jobs += 1
+        self.no_jobs.clear()
+        try:
+            yield parts
+        finally:
+            self.running_jobs -= 1
+            if self.running_jobs == 0:
+                self.no_jobs.set()
 
     @property
     def started(self) -> Parts:
@@ -90,24 +111,38 @@ class Runtime:
         self.parts = parts
         if self.own_signals:
             self._own_signals(parts.scheduler)
+        self.no_jobs.set()
         logger.info("%s (id %s)", describe_worker(self.settings, self.plan), parts.scheduler.worker_id)
 
-    @staticmethod
-    def _own_signals(scheduler: Scheduler) -> None:
-        """On SIGINT/SIGTERM: claim nothing more, then end arq's main loop (this start-up runs in
-        it), after which arq's ``run`` closes the worker (running jobs cancelled, polls' claims
-        given back, ``on_shutdown``)."""
+    def _own_signals(self, scheduler: Scheduler) -> None:
+        """On SIGINT/SIGTERM: claim nothing more, let running jobs end (``STOP_GRACE_S`` at most),
+        then end arq's main loop (this start-up runs in it); arq's ``run`` then closes the worker.
+        Jobs are not left to arq's close to cancel: a job cancelled while arq records its end
+        re-raises the cancellation out of ``close`` (a traceback, and ``on_shutdown`` skipped)."""
         main = asyncio.current_task()
         assert main is not None
 
         def stop() -> None:
-            logger.info("worker stopping: claims nothing more, hands running polls back")
+            if scheduler.stopping.is_set():
+                return
+            logger.info("worker stopping: claims nothing more, lets running jobs end")
             scheduler.begin_stop()
-            main.cancel()
+            self._stopper = asyncio.ensure_future(self._end_main_when_idle(main))
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
+
+    async def _end_main_when_idle(self, main: asyncio.Task[Any]) -> None:
+        try:
+            async with asyncio.timeout(STOP_GRACE_S):
+                while self.running_jobs:
+                    await self.no_jobs.wait()
+        except TimeoutError:
+            logger.warning(
+                "worker stopping: %d jobs still running after %.0f s are cancelled", self.running_jobs, STOP_GRACE_S
+            )
+        main.cancel()
 
     async def _serve_metrics(self) -> None:
         port = self.settings.worker_metrics_port

@@ -8,6 +8,7 @@ any they skip with a loud summary line, and fail when ``CI=true``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -73,6 +74,16 @@ def real_redis_url() -> Iterator[str | None]:
         return
     with embedded_server(kind) as url:
         yield url
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, every_s: float = 0.1) -> bool:
+    """Whether ``check()`` came true within ``timeout_s`` (looked at every ``every_s``)."""
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up:
+        if await check():
+            return True
+        await asyncio.sleep(every_s)
+    return False
 
 
 def require_real_redis(url: str | None, request: pytest.FixtureRequest) -> str:

@@ -53,7 +53,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 from test_e2e import check_outcome, wait_all_terminal
 
-from conftest import free_port, wait_port
+from conftest import eventually, free_port, wait_port
 from worker import sim
 from worker.models import Record
 from worker.scheduler import HEARTBEAT_S
@@ -513,15 +513,6 @@ async def test_killed_workers_lose_nothing_and_duplicate_little(
     gaps = [g for k in run.kills for g in k.repoll_gaps_s]
     assert gaps, "no kill cut off a poll: raise SIM_LATENCY_S"
     assert max(gaps) < LEASE_S + REPOLL_SLACK_S, sorted(gaps)[-10:]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
-    give_up = time.monotonic() + timeout_s
-    while time.monotonic() < give_up:
-        if await check():
-            return True
-        await asyncio.sleep(0.1)
-    return False
 
 
 async def _count_workers(store: Store, n: int) -> bool:

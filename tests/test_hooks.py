@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import probe_hooks
-from conftest import Backend, fast_settings
+from conftest import Backend, eventually, fast_settings
 from worker import hooks, jobs, sim
 from worker.errors import ConfigError
 from worker.store import Store
@@ -354,15 +354,6 @@ async def test_a_deliver_job_whose_outbox_lease_was_taken_over_does_nothing(
 
 def store_now_ms() -> int:
     return int(time.time() * 1000)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
-    give_up = time.monotonic() + timeout_s
-    while time.monotonic() < give_up:
-        if await check():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 async def _delivered(store: Store, task_id: str) -> bool:

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from conftest import free_port, require_real_redis, wait_port
+from conftest import eventually, free_port, require_real_redis, wait_port
 from worker import sim
 from worker.models import TaskState
 from worker.redis_policy import eviction_problem, policy_problem
@@ -49,6 +49,15 @@ async def evicting(real_redis_url: str | None, request: pytest.FixtureRequest) -
         await client.aclose()
 
 
+def _serve(url: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """``acetrack serve`` on a free loopback port, once it listens."""
+    port = free_port()
+    env = _env(url, http_host="127.0.0.1", http_port=str(port))
+    api = subprocess.Popen([sys.executable, "-m", "worker", "serve"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    wait_port(port, 20)
+    return port, api
+
+
 def _env(url: str, **values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACETRACK_")}
     env.update({"ACETRACK_REDIS_URL": url, **{f"ACETRACK_{k.upper()}": v for k, v in values.items()}})
@@ -80,15 +89,8 @@ async def test_a_worker_warns_at_start_and_readyz_and_check_name_it_without_fail
             cwd=ROOT,
             stderr=out,
         )
-        port = free_port()
-        api = subprocess.Popen(
-            [sys.executable, "-m", "worker", "serve"],
-            env=_env(evicting, http_host="127.0.0.1", http_port=str(port)),
-            cwd=ROOT,
-            stderr=subprocess.DEVNULL,
-        )
+        port, api = _serve(evicting)
         try:
-            wait_port(port, 20)
             store = Store(aioredis.Redis.from_url(evicting, decode_responses=True))
             give_up = time.monotonic() + 20
             while not await store.workers() and time.monotonic() < give_up:
@@ -126,19 +128,12 @@ async def test_a_full_redis_loses_nothing_says_so_once_a_minute_and_work_resumes
     for task_id in direct:
         await tracker.enqueue("suno", task_id)
     env = _env(url, api_token="t", api_base_url=sim_url, first_poll_s="0.2", poll_s="0.4", lease_s="3")
-    port = free_port()
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
         worker = subprocess.Popen([sys.executable, "-m", "worker", "worker"], env=env, cwd=ROOT, stderr=out)
-        api = subprocess.Popen(
-            [sys.executable, "-m", "worker", "serve"],
-            env=_env(url, http_host="127.0.0.1", http_port=str(port)),
-            cwd=ROOT,
-            stderr=subprocess.DEVNULL,
-        )
+        port, api = _serve(url)
         try:
-            wait_port(port, 20)
-            await _until(lambda: _polled(tracker, direct), 15)
+            await eventually(lambda: _polled(tracker, direct), 15)
             async with admin.pipeline(transaction=True) as pipe:  # entries read as Redis is full: none lost
                 pipe.config_set("maxmemory", 0)
                 for task_id in ("intake-1", "intake-2"):
@@ -152,7 +147,7 @@ async def test_a_full_redis_loses_nothing_says_so_once_a_minute_and_work_resumes
                 answer = (post.status, await post.json())
             await admin.config_set("maxmemory", 0)
             everything = [*direct, "intake-1", "intake-2"]
-            resumed = await _until(lambda: _all_succeeded(tracker, everything), 40)
+            resumed = await eventually(lambda: _all_succeeded(tracker, everything), 40)
         finally:
             await admin.config_set("maxmemory", 0)
             for proc in (worker, api):
@@ -166,15 +161,6 @@ async def test_a_full_redis_loses_nothing_says_so_once_a_minute_and_work_resumes
     assert resumed, [(r.id, r.state) for r in await tracker.store.get_many(("suno", i) for i in everything) if r]
     await admin.flushall()
     await admin.aclose()
-
-
-async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
-    give_up = time.monotonic() + timeout_s
-    while time.monotonic() < give_up:
-        if await check():
-            return True
-        await asyncio.sleep(0.2)
-    return False
 
 
 async def _polled(tracker: Tracker, ids: list[str]) -> bool:

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 
-from conftest import free_port, require_real_redis, server_kind
+from conftest import eventually, free_port, require_real_redis, server_kind
 from worker import sim
 from worker.embedded import embedded_server
 from worker.models import TaskState
@@ -101,15 +101,6 @@ async def hooks() -> AsyncIterator[Hooks]:
         yield receiver
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
-    give_up = time.monotonic() + timeout_s
-    while time.monotonic() < give_up:
-        if await check():
-            return True
-        await asyncio.sleep(0.1)
-    return False
-
-
 async def _track(tracker: Tracker, state: sim.SimState, ids: list[str], timeout_s: float) -> list[TaskState]:
     for task_id in ids:
         state.add_task("suno", task_id, script="succeed", run_s=0.5, clip_gap_s=0.1)
@@ -119,7 +110,7 @@ async def _track(tracker: Tracker, state: sim.SimState, ids: list[str], timeout_
         records = await tracker.store.get_many(("suno", i) for i in ids)
         return all(r is not None and r.terminal for r in records)
 
-    await _until(all_done, timeout_s)
+    await eventually(all_done, timeout_s)
     return [r.state if r else TaskState.PENDING for r in await tracker.store.get_many(("suno", i) for i in ids)]
 
 
@@ -176,7 +167,7 @@ async def test_arqs_own_cli_runs_a_complete_worker(
         proc = subprocess.Popen([sys.executable, "-m", "arq", "worker.WorkerSettings"], env=env, cwd=ROOT, stderr=out)
         try:
             states = await _track(tracker, state, ["arq-1", "arq-2", "arq-3"], timeout_s=20)
-            delivered = await _until(lambda: _return(len(hooks.verified) >= 3), 10)
+            delivered = await eventually(lambda: _return(len(hooks.verified) >= 3), 10)
         finally:
             proc.terminate()
             code = proc.wait(timeout=15)
@@ -235,7 +226,7 @@ async def test_a_least_privilege_user_over_tls_tracks_tasks_and_a_missing_grant_
     ca = tmp_path / "ca.crt"
     try:
         admin = Tracker.from_url(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", first_poll_s=0.2)
-        assert await _until(lambda: _pings(admin), 10)
+        assert await eventually(lambda: _pings(admin), 10)
         await admin.store.redis.execute_command("ACL", "SETUSER", "acetrack", *ACL.split())
         await admin.store.redis.execute_command("ACL", "SETUSER", "noinfo", *ACL.removesuffix(" +info").split())
 

@@ -345,7 +345,7 @@ async def test_a_deliver_job_whose_outbox_lease_was_taken_over_does_nothing(
             body["delivery_id"],
             12_345,
             _job_id="deliver:stale-test",
-            _queue_name=settings.key_prefix + ":arq:queue",
+            _queue_name=jobs.queue_name_of(settings),
         )
         assert job is not None and await job.result(timeout=10) == "stale"
         assert len(probe_hooks.CALLS) == calls  # the hook was not called again

@@ -29,6 +29,7 @@ from worker.connect import FULL_LOG, arq_settings, is_full
 from worker.queue import DELIVER_JOB, MAX_JOBS, POLL_JOB
 from worker.runtime import Parts, Runtime, runtime_of
 from worker.startup import WorkerPlan, check_worker
+from worker.store import arq_queue_name
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ async def prune_job(ctx: dict[str, Any]) -> int:
 
 def queue_name_of(settings: Settings) -> str:
     """The arq queue of the workers of one key prefix."""
-    return f"{settings.key_prefix}:arq:queue"
+    return arq_queue_name(settings.key_prefix)
 
 
 def worker_settings(

@@ -135,6 +135,12 @@ class PendingTask:
         return self.enqueued_ms if self.enqueued_ms is not None else self.record.enqueued_at_ms
 
 
+def arq_queue_name(prefix: str) -> str:
+    """The arq queue (a sorted set arq owns) of the workers of one key prefix: named here with the
+    rest of acetrack's keys, so the ACL's key pattern covers it."""
+    return f"{prefix}:arq:queue"
+
+
 def sched_text(
     deadline_at_ms: int,
     *,

@@ -7,10 +7,11 @@ BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: demo test lint typecheck check bench bench-smoke soak clean
 
-$(STAMP): pyproject.toml
+# the producer client (client/) too: the README's Python blocks use it
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./client
 	touch $(STAMP)
 
 $(BENCH_STAMP): $(STAMP)

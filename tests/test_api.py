@@ -29,7 +29,7 @@ from worker.errors import (
     UpstreamUnavailable,
     is_retryable,
 )
-from worker.models import UpstreamTask
+from worker.wire import UpstreamTask
 
 MakeSim = Callable[..., Awaitable[tuple[str, sim.SimState]]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -17,36 +17,39 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from worker.classify import (
-    MIN_MISSES,
+from worker.cadence import (
     MIN_SKIP_SAMPLES,
+    MIN_TARGET_SAMPLES,
     STAGE_CLIP_DONE,
     STAGE_QUEUED,
     STAGE_RUNNING,
     STAGE_STREAMING,
-    Decision,
     Policy,
-    Sample,
     advance_marks,
     backoff_s,
+    first_poll_ms,
+    late_ratio_p95,
+    next_poll_delay_s,
+    on_grid_ms,
+    reached_stage,
+    usual_lifetime_s,
+    with_target,
+)
+from worker.cadence import lifetimes_from as classify_lifetimes
+from worker.classify import (
+    MIN_MISSES,
+    Decision,
+    Sample,
     decide,
     fingerprint,
-    first_poll_ms,
     has_final_artifact,
     is_preview_url,
     is_terminal,
     item_state,
     newly_succeeded,
-    next_poll_delay_s,
     normalise_progress,
     observe,
     observed_stage,
-    on_grid_ms,
-    reached_stage,
-    usual_lifetime_s,
-)
-from worker.classify import (
-    lifetimes_from as classify_lifetimes,
 )
 from worker.errors import UpstreamUnavailable
 from worker.models import (
@@ -57,9 +60,9 @@ from worker.models import (
     Reason,
     Record,
     TaskState,
-    UpstreamItem,
-    UpstreamTask,
 )
+from worker.store.codecs import parse_sample, sample_text
+from worker.wire import UpstreamItem, UpstreamTask
 
 Json = dict[str, Any]
 
@@ -841,6 +844,7 @@ def test_classify_imports_no_io_libraries() -> None:
         sys.meta_path.insert(0, Block())
         import worker.classify
         import worker.models
+        import worker.wire
         """
     )
     result = subprocess.run(
@@ -995,3 +999,44 @@ def test_record_evolve_copies_with_changes_and_refuses_unknown_fields() -> None:
     assert after == Record(service="suno", id="t1", meta={"user": "u1"}, attempts=3, progress=40)
     with pytest.raises(TypeError, match="progres"):
         before.evolve(progres=1)
+
+
+# --- a latency target ------------------------------------------------------------------------------
+
+
+def _late(ratios: list[float], poll_s: float = 2.0) -> list[Sample]:
+    return [Sample(60.0, True, (), latency_s=r * poll_s, poll_s=poll_s) for r in ratios]
+
+
+def test_the_late_ratio_needs_enough_finishes_with_a_known_finish_time() -> None:
+    assert late_ratio_p95(_late([0.5] * (MIN_TARGET_SAMPLES - 1))) == 0.0
+    assert late_ratio_p95(_late([0.5] * MIN_TARGET_SAMPLES) + [Sample(60.0)] * 50) == 0.5  # unknown ones skipped
+    # the 95th of 100: five finishes later than it
+    assert late_ratio_p95(_late([i / 100 for i in range(100)])) == pytest.approx(0.94)
+    assert classify_lifetimes(_late([0.25] * 30)).late_ratio_p95 == 0.25
+
+
+@pytest.mark.parametrize(
+    ("target_s", "ratio", "interval_s"),
+    [
+        (None, 0.5, 3.0),  # no target: as configured
+        (3.0, 0.0, 3.0),  # not learned yet
+        (3.0, 0.5, 6.0),  # found half an interval late at p95: twice the target
+        (3.0, 1.0, 3.0),
+        (3.0, 0.7, 4.5),  # 4.29 s, rounded to a sixth of poll_s
+        (3.0, 0.01, 60.0),  # callbacks find nearly all at once: as far as max_poll_s
+        (3.0, 4.0, 1.5),  # found late whatever the interval (a slow upstream): not under half of it
+        (1.0, 4.0, 0.5),  # a tight target: half the target at least
+    ],
+)
+def test_a_latency_target_sets_the_interval_from_how_late_finishes_are_found(
+    target_s: float | None, ratio: float, interval_s: float
+) -> None:
+    policy = Policy(poll_s=3.0, max_poll_s=60.0)
+    assert with_target(policy, target_s, ratio).poll_s == pytest.approx(interval_s)
+
+
+def test_samples_keep_their_latency_and_interval_and_older_ones_still_read() -> None:
+    sample = Sample(61.5, False, ((100, 200), None), latency_s=0.75, poll_s=3.0)
+    assert parse_sample(sample_text(sample)) == sample
+    assert parse_sample("61500|1|100:200,") == Sample(61.5, True, ((100, 200), None))  # stored before latencies

@@ -7,86 +7,30 @@ with one line on stderr.
 from __future__ import annotations
 
 import json
-import os
-import pty
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-import redis
+from clitools import (
+    GREEN,
+    RED,
+    REPO,
+    YELLOW,
+    Cli,
+    cli_fixture,  # noqa: F401  # the fixture "cli"
+    finish,
+    on_terminal,
+    one_line,
+    piped,
+    store_at,
+)
+from servers import free_port
+from support import RECORD_FIELDS, Backend
 
 import worker
-from conftest import RECORD_FIELDS, Backend, require_real_redis
-from worker import deliver, webhooks
-from worker.classify import fail
-from worker.clock import system_clock
-from worker.connect import create_redis
 from worker.errors import InvalidInput
-from worker.hooks import Outcome
-from worker.intake import EnqueueRequest
-from worker.models import Clip, ClipState, Reason, TaskState
-from worker.store import Store
 from worker.tracker import Tracker
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Cli:
-    """Runs ``python -m worker ...`` with a clean ``ACETRACK_*`` environment pointing at the test Redis."""
-
-    env: dict[str, str]
-    db: redis.Redis
-
-    def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "worker", *args],
-            env=self.env if env is None else env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-
-    def with_env(self, **changes: str | None) -> dict[str, str]:
-        env = dict(self.env)
-        for name, value in changes.items():
-            if value is None:
-                env.pop(name, None)
-            else:
-                env[name] = value
-        return env
-
-    def assert_not_tracked(self, *ids: str) -> None:
-        """``status`` says each id is unknown (exit 1), and the database holds no key at all."""
-        for task_id in ids:
-            result = self.run("status", "suno", task_id)
-            assert result.returncode == 1, (task_id, result.stdout, result.stderr)
-        assert self.db.dbsize() == 0, sorted(self.db.keys("*"))
-
-
-def one_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    return lines[0]
-
-
-@pytest.fixture
-def cli(real_redis_url: str | None, request: pytest.FixtureRequest) -> Iterator[Cli]:
-    url = require_real_redis(real_redis_url, request)
-    db = redis.Redis.from_url(url, decode_responses=True)
-    db.flushdb()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACETRACK_")}
-    env["ACETRACK_REDIS_URL"] = url
-    yield Cli(env, db)
-    db.flushdb()
-    db.close()
 
 
 def test_enqueue_prints_one_line_per_id_and_status_shows_the_full_record(cli: Cli) -> None:
@@ -172,6 +116,20 @@ def test_help_lists_the_commands(cli: Cli) -> None:
         assert command in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--callback-loss", "2"], "--callback-loss: '2' is not a share from 0 to 1"),
+        (["--error-rate", "-0.1"], "--error-rate: '-0.1' is not a share"),
+        (["--callback-url", "ftp://x"], "--callback-url: 'ftp://x' is not an http(s) URL"),
+        (["--callback-delay-s", "2,1"], "--callback-delay-s: '2,1' is not LOW or LOW,HIGH seconds"),
+    ],
+)
+def test_a_bad_simulator_option_exits_2_naming_it(cli: Cli, args: list[str], named: str) -> None:
+    result = cli.run("sim", "--port", "0", *args)
+    assert result.returncode == 2 and named in result.stderr, result.stderr
+
+
 BAD_CALLS: list[tuple[dict[str, Any], str]] = [
     ({"service": "suno", "task_id": "bad id!"}, "id"),
     ({"service": "Suno", "task_id": "ok-1"}, "service"),
@@ -204,55 +162,6 @@ async def test_python_api_unknown_field_is_refused_and_stores_nothing(backend: B
         await tracker.enqueue("suno", "ok-1", colour="red")  # type: ignore[call-arg]
     assert await tracker.get("suno", "ok-1") is None
     assert await backend.redis.dbsize() == 0
-
-
-# -- a CLI that tells the truth (issue 21) -------------------------------------------------------
-
-PAUSED_KEY = "acetrack:paused:{}"
-RED, GREEN, YELLOW = "\x1b[31m", "\x1b[32m", "\x1b[33m"
-
-
-@asynccontextmanager
-async def store_at(url: str) -> AsyncIterator[Store]:
-    """The store over the test server, as a worker would write it."""
-    store = Store(create_redis(url))
-    try:
-        yield store
-    finally:
-        await store.redis.aclose()
-
-
-async def finish(url: str, task_id: str, *, succeed: bool) -> None:
-    """Track ``suno/task_id`` (or take it as tracked) and finish it: succeeded with an audio clip, or
-    failed with an error."""
-    async with store_at(url) as store:
-        now_ms = system_clock()
-        _, record = await store.register(EnqueueRequest("suno", task_id), now_ms, deadline_s=600, first_poll_s=3)
-        if succeed:
-            clips = [Clip("c1", "Intro", ClipState.SUCCEEDED, audio_url=f"https://cdn.example/{task_id}.mp3")]
-            done = record.evolve(state=TaskState.SUCCEEDED, progress=100, finished_at_ms=now_ms, clips=clips)
-        else:
-            done = fail(record, Reason.UPSTREAM_ERROR, now_ms, {"code": "content_policy", "message": "lyrics refused"})
-        assert await store.finish(done, now_ms, [], sample=None)
-
-
-def on_terminal(cli: Cli, *args: str, lines: int = 40) -> tuple[int, str]:
-    """Run the CLI with stdout on a pseudo-terminal (``lines`` high); its exit code and what it wrote."""
-    main_fd, term_fd = pty.openpty()
-    env = cli.with_env(TERM="xterm-256color", LINES=str(lines), COLUMNS="120", NO_COLOR=None)
-    proc = subprocess.Popen([sys.executable, "-m", "worker", *args], env=env, cwd=REPO, stdout=term_fd)
-    os.close(term_fd)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(main_fd, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(main_fd)
-    return proc.wait(timeout=30), out.decode()
 
 
 def test_version(cli: Cli) -> None:
@@ -392,6 +301,9 @@ def test_enqueue_of_an_unconfigured_token_exits_2_naming_the_configured_ones(
     assert result.returncode == 2, (result.stdout, result.stderr)
     line = one_line(result.stderr)
     assert f"configured tokens: {named}" in line and "s3cr3t" not in line
+    assert (
+        line.startswith(f"acetrack: token {token or 'default'!r} is not configured") and "ACETRACK_API_TOKENS" in line
+    )
     cli.assert_not_tracked("tok-1")
 
 
@@ -433,6 +345,21 @@ def test_list_pages_with_the_cursor_it_prints(cli: Cli) -> None:
     assert bad.returncode == 2 and "cursor" in one_line(bad.stderr)
 
 
+def test_list_search_finds_ids_and_meta_and_pages_with_the_cursor(cli: Cli) -> None:
+    assert cli.run("enqueue", "suno", "Song-1", "other-2").returncode == 0
+    assert cli.run("enqueue", "suno", "other-3", "--meta", '{"title": "A SONG"}').returncode == 0
+    assert cli.run("enqueue", "suno", "song-4", "other-5").returncode == 0
+    first = cli.run("list", "--search", "song", "--limit", "2")
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["suno/Song-1", "suno/other-3"]
+    assert lines[2].startswith("next cursor: ")
+    rest = cli.run("list", "--search", "song", "--cursor", lines[2].removeprefix("next cursor: "))
+    assert [line.split(":")[0] for line in rest.stdout.splitlines()] == ["suno/song-4"]
+    bad = cli.run("list", "--search", "")
+    assert bad.returncode == 2 and "--search" in bad.stderr.splitlines()[-1]  # argparse's usage, then the error
+
+
 async def test_hooks_list_limit(cli: Cli, real_redis_url: str) -> None:
     async with store_at(real_redis_url) as store:
         for n in range(3):
@@ -462,76 +389,105 @@ async def test_colours_by_state_on_a_terminal_only(cli: Cli, real_redis_url: str
     assert piped.returncode == 0 and "\x1b[" not in piped.stdout and len(piped.stdout.splitlines()) == 3
 
 
-TOKENS_ENV = {"ACETRACK_API_TOKENS": '{"team-a": "s3cr3t-a", "team-b": "s3cr3t-b"}'}
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["enqueue", "suno", "j-2", "--json"], 0),
+        (["status", "suno", "ok-1", "--json"], 0),
+        (["list", "--json"], 0),
+        (["cancel", "suno", "j-1", "--json"], 0),
+        (["reopen", "suno", "ok-1", "--json"], 0),
+        (["stats", "--json"], 0),
+        (["check", "--json"], 1),  # no worker beats here
+        (["watch", "suno", "ok-1", "--json"], 0),
+        (["tokens", "--json"], 0),
+        (["tokens", "list", "--json"], 0),
+        (["hooks", "list", "--json"], 0),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else str(v),
+)
+async def test_json_wherever_the_readme_documents_it(cli: Cli, real_redis_url: str, args: list[str], code: int) -> None:
+    await finish(real_redis_url, "ok-1", succeed=True)
+    assert cli.run("enqueue", "suno", "j-0", "j-1").returncode == 0
+    env = cli.with_env(ACETRACK_API_TOKEN="t", ACETRACK_HOOKS="tests.probe_hooks:record")
+    assert cli.run("cancel", "suno", "j-0", env=env).returncode == 0  # a hook delivery for 'hooks list'
+    result = cli.run(*args, env=env)
+    assert result.returncode == code, (result.stdout, result.stderr)
+    text = result.stdout.strip()
+    # one JSON document (status, stats: indented) or JSON lines
+    documents = [json.loads(text)] if text.startswith("{\n") else [json.loads(line) for line in text.splitlines()]
+    assert documents and all(isinstance(d, dict) for d in documents), result.stdout
 
 
-def test_tokens_lists_names_and_pauses_never_secrets(cli: Cli) -> None:
-    env = cli.with_env(**TOKENS_ENV)
-    result = cli.run("tokens", env=env)
-    assert result.returncode == 0
-    assert [line.split() for line in result.stdout.splitlines()] == [
-        ["team-a", "configured", "active"],
-        ["team-b", "configured", "active"],
-    ]
-    cli.db.set(PAUSED_KEY.format("team-b"), "401 invalid token", px=300_000)
-    result = cli.run("tokens", env=env)
-    assert "s3cr3t" not in result.stdout
-    paused = result.stdout.splitlines()[1]
-    assert paused.startswith("team-b") and "paused until" in paused and "401 invalid token" in paused
-    rows = [json.loads(line) for line in cli.run("tokens", "--json", env=env).stdout.splitlines()]
-    assert [(r["name"], r["paused"]) for r in rows] == [("team-a", False), ("team-b", True)]
-    assert 250_000 < rows[1]["paused_until_ms"] - system_clock() <= 300_000
-    # a host with no token configured still sees the pause
-    assert cli.run("tokens").stdout.split()[:4] == ["team-b", "not", "configured", "here"]
+def test_demo_piped_into_head_exits_0_quietly(cli: Cli) -> None:
+    result = piped(cli, "demo | head -5")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5 and lines[0].startswith("acetrack demo: 36 tasks"), lines
 
 
-def test_tokens_resume_lifts_a_pause_and_its_tasks_fall_due_now(cli: Cli) -> None:
-    env = cli.with_env(**TOKENS_ENV)
-    assert cli.run("enqueue", "suno", "held-1", "--token", "team-a", env=env).returncode == 0
-    # as a 401 leaves it: the token paused for 5 minutes, its ids released to the pause's end
-    pause_end_ms = system_clock() + 300_000
-    cli.db.set(PAUSED_KEY.format("team-a"), "401 invalid token", px=300_000)
-    cli.db.zadd("acetrack:due:suno:team-a", {"held-1": pause_end_ms})
-    resumed = cli.run("tokens", "resume", "team-a", env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "team-a" in resumed.stdout
-    assert not cli.db.exists(PAUSED_KEY.format("team-a"))
-    assert cli.db.zscore("acetrack:due:suno:team-a", "held-1") <= system_clock()
-    again = cli.run("tokens", "resume", "team-a", env=env)
-    assert again.returncode == 1 and "not paused" in one_line(again.stderr)
+def test_demo_counts_each_task_once(cli: Cli) -> None:
+    result = cli.run("demo", timeout_s=180)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(n for n, line in enumerate(lines) if "succeeded" in line and "partial" in line)
+    assert [w for w in lines[header].split() if w.isalpha()][:4] == ["succeeded", "partial", "failed", "pending"]
+    row = [int(w) for w in lines[header + 2].split() if w.isdigit()]
+    succeeded, partial, failed, pending = row[:4]
+    assert succeeded + partial + failed + pending == 36, row
+    assert (succeeded, partial, failed, pending) == (28, 4, 4, 0), row  # demo.DEMO_MIX: 2 errors, 2 unknown ids
 
 
-def test_check_and_stats_report_a_pause_no_heartbeat_mentions(cli: Cli) -> None:
-    beat = {"worker_id": "elsewhere-1", "at_ms": system_clock(), "paused_tokens": []}
-    cli.db.set("acetrack:worker:elsewhere-1", json.dumps(beat), px=60_000)
-    assert cli.run("check").returncode == 0
-    cli.db.set(PAUSED_KEY.format("team-a"), "401 invalid token", px=300_000)
-    check = cli.run("check")
-    assert check.returncode == 1
-    assert check.stdout.startswith("unhealthy: token 'team-a' paused")
-    assert "paused tokens: team-a" in cli.run("stats").stdout
-    assert cli.run("tokens", "resume", "team-a").returncode == 0
-    assert cli.run("check").stdout.strip() == "healthy"
+def test_hooks_list_says_when_there_is_nothing(cli: Cli) -> None:
+    every = cli.run("hooks", "list")
+    assert (every.returncode, every.stdout, every.stderr) == (0, "no deliveries\n", "")
+    dead = cli.run("hooks", "list", "--dead")
+    assert (dead.returncode, dead.stdout) == (0, "no dead-lettered deliveries\n")
+    as_json = cli.run("hooks", "list", "--json")
+    assert (as_json.returncode, as_json.stdout) == (0, "")  # JSON lines: none
 
 
-async def test_a_worker_without_the_webhook_secret_hands_the_delivery_back(cli: Cli, real_redis_url: str) -> None:
-    now_ms = system_clock()
-    body: dict[str, Any] = {
-        "delivery_id": "dlv-1",
-        "event_id": "evt-1",
-        "destination": "webhook:https://hooks.example/acetrack",
-        "status": "pending",
-        "created_at_ms": now_ms,
-        "attempts": [],
-        "event": {"type": "task.succeeded", "record": {}},
-    }
-    config = webhooks.WebhookConfig(secret=None, schedule_s=(0.0, 5.0))
-    async with store_at(real_redis_url) as store, aiohttp.ClientSession() as session:
-        await store.save_delivery("dlv-1", body)
-        outcome = await webhooks.attempt(session, config, body, now_ms)
-        assert outcome == Outcome("retry", webhooks.NO_SECRET_RETRY_S)
-        await deliver._record(store, body, outcome, now_ms)  # as a deliver job records it
-        assert await store.outbox_score("dlv-1") == now_ms + int(webhooks.NO_SECRET_RETRY_S * 1000)
-    listed = json.loads(cli.run("hooks", "list", "--json").stdout)
-    assert (listed["status"], listed["tries"], listed["attempts"]) == ("pending", None, [])
-    assert cli.run("hooks", "list", "--dead").stdout == ""
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        (
+            "rediss://127.0.0.1:6379/0?ssl_ca_cert=/etc/ca.pem",
+            "no URL option 'ssl_ca_cert'; did you mean 'ssl_ca_certs'?",
+        ),
+        (
+            "redis://127.0.0.1:6379/0?ssl_ca_certs=/etc/ca.pem",
+            "'ssl_ca_certs' applies to TLS only: use a rediss:// URL",
+        ),
+        ("redis://127.0.0.1:6379/0?colour=red", "no URL option 'colour'; known options: db, "),
+    ],
+    ids=["typo", "tls-option-without-tls", "unknown"],
+)
+def test_a_redis_url_option_redis_py_cannot_use_is_named(cli: Cli, query: str, said: str) -> None:
+    result = cli.run("status", "suno", "x", env=cli.with_env(ACETRACK_REDIS_URL=query))
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert line.startswith("acetrack: ACETRACK_REDIS_URL ") and said in line, line
+    assert "__init__" not in line and "keyword argument" not in line
+
+
+@pytest.mark.parametrize(
+    "command", [["status", "suno", "x"], ["enqueue", "suno", "x"], ["list"], ["watch", "suno", "x"]]
+)
+def test_redis_down_is_one_line_naming_the_url_and_what_to_do_exit_1(cli: Cli, command: list[str]) -> None:
+    port = free_port()  # nothing listens there
+    url = f"redis://user:s3cr3t@127.0.0.1:{port}/3"
+    result = cli.run(*command, env=cli.with_env(ACETRACK_REDIS_URL=url))
+    assert result.returncode == 1, result.stderr
+    line = one_line(result.stderr)
+    assert line.startswith(f"acetrack: cannot reach Redis at redis://127.0.0.1:{port}/3 ("), line
+    assert line.endswith("start it, or set ACETRACK_REDIS_URL to a Redis that runs") and "s3cr3t" not in line
+    assert result.stdout == ""
+
+
+def test_a_validator_message_has_no_pydantic_prefix(cli: Cli) -> None:
+    result = cli.run("status", "suno", "x", env=cli.with_env(ACETRACK_REDIS_URL="http://localhost:6379"))
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert line.startswith("acetrack: bad setting ACETRACK_REDIS_URL: redis url 'http://localhost:6379' must start")
+    assert "Value error" not in line

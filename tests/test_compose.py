@@ -28,11 +28,12 @@ from typing import Any
 
 import pytest
 import yaml
+from servers import free_port
+from support import require_real_redis
 
 from config import Settings
-from conftest import free_port, require_real_redis
-from worker import sim
 from worker.cli import build_parser
+from worker.sim_tasks import auto_script
 
 pytestmark = pytest.mark.redis_server_only
 
@@ -379,7 +380,7 @@ def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
 
 def expected_state(task_id: str) -> str:
     """The state an id the simulator invents must end in, from the script its id picks."""
-    return "failed" if sim.auto_script(task_id) == "error" else "succeeded"
+    return "failed" if auto_script(task_id) == "error" else "succeeded"
 
 
 def wait_terminal(stack: Stack, api: str, tasks: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -434,7 +435,7 @@ def test_demo_stack_runs_as_local_processes(stack: Stack, tmp_path: Path) -> Non
     records = wait_terminal(stack, api, everything)
     for (_, task_id), record in records.items():
         assert record["state"] == expected_state(task_id), record
-        assert not record["partial"] or sim.auto_script(task_id) == "partial", record
+        assert not record["partial"] or auto_script(task_id) == "partial", record
     deliveries = wait_hooks(api, everything)
     hook = stack.service("worker")["environment"]["ACETRACK_HOOKS"]
     assert {d["destination"] for d in deliveries} == {f"python:{hook}"}

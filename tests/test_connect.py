@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import DataError
+from support import require_real_redis
 
-from conftest import require_real_redis
 from worker.connect import HiredisPacking, create_redis, packing_class
 
 ARG = st.one_of(

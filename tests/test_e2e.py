@@ -12,9 +12,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
+from support import Backend, fast_settings, require_real_redis
 
 import probe_hooks
-from conftest import Backend, fast_settings, require_real_redis
 from worker import jobs, sim
 from worker.models import ClipState, Reason, Record, TaskState
 from worker.store import Store
@@ -248,3 +248,28 @@ async def test_claims_of_a_killed_worker_come_back_after_the_lease(
     assert first_retry_after_kill_s > lease_s * 0.5  # held by the dead worker's lease until it ran out
     await client.flushall()
     await client.aclose()
+
+
+async def test_a_slow_upstream_does_not_stop_the_cadence(real_backend: Backend, make_sim: MakeSim) -> None:
+    # every answer takes 1 s, more than the poll interval (0.4 s): polls of other ids due meanwhile
+    # go out while a request is in flight, and each id is polled again once its answer came back
+    latency_s = 1.0
+    url, state = await make_sim(auto=False, latency_s=latency_s)
+    settings = fast_settings(url, hooks=[])
+    tracker = Tracker.over(real_backend.redis, first_poll_s=settings.first_poll_s)
+    kwargs = jobs.worker_settings(settings, redis_pool=real_backend.make_arq_pool(), store_redis=real_backend.redis)
+    ids = [f"slow-{n}" for n in range(12)]
+    async with jobs.running_worker(kwargs):
+        for n, task_id in enumerate(ids):  # in three groups 0.4 s apart: due at different times
+            state.add_task("suno", task_id, script="succeed", run_s=3.0, clip_gap_s=0.3)
+            await tracker.enqueue("suno", task_id)
+            if n % 4 == 3:
+                await asyncio.sleep(0.4)
+        records = await wait_all_terminal(tracker, [("suno", i) for i in ids], timeout_s=30)
+    assert [r.state for r in records] == [TaskState.SUCCEEDED] * len(ids)
+    starts = sorted(entry.at_s for entry in state.log)
+    overlapping = sum(1 for a, b in zip(starts, starts[1:], strict=False) if b - a < latency_s)
+    assert overlapping >= 1, starts  # a request went out while the one before it was still unanswered
+    for task_id in ids:  # and no id was asked for again while its own answer was on the way
+        asked = sorted(entry.at_s for entry in state.log if task_id in entry.ids)
+        assert all(b - a >= latency_s for a, b in zip(asked, asked[1:], strict=False)), (task_id, asked)

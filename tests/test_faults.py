@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,60 +16,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from servers import APPEND_ONLY, RedisServer, free_port
+from support import Backend, fast_settings, require_real_redis
 from test_e2e import check_outcome, wait_all_terminal
 
-from conftest import Backend, fast_settings, free_port, require_real_redis
 from worker import jobs, sim
 from worker.store import Store
 from worker.tracker import Tracker
 
 MakeSim = Callable[..., Awaitable[tuple[str, sim.SimState]]]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class RedisProcess:
-    """A redis-server with append-only persistence (``everysec``) in a folder of its own."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        args = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.folder),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "everysec",
-            "--save",
-            "",
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=20)
 
 
 @contextmanager
@@ -175,8 +129,8 @@ async def test_redis_restart_loses_nothing_enqueued_before_it(
     how: signal.Signals, real_redis_url: str | None, request: pytest.FixtureRequest, make_sim: MakeSim, tmp_path: Path
 ) -> None:
     require_real_redis(real_redis_url, request)
-    redis_proc = RedisProcess(tmp_path)
-    redis_proc.start()
+    redis_proc = RedisServer(tmp_path, APPEND_ONLY)
+    redis_proc.start("the Redis restart test")
     sim_url, state = await make_sim(auto=False)
     api_port = free_port()
     env = worker_env(redis_proc.url, sim_url, ACETRACK_HTTP_PORT=str(api_port), ACETRACK_HTTP_HOST="127.0.0.1")
@@ -193,14 +147,13 @@ async def test_redis_restart_loses_nothing_enqueued_before_it(
                 redis_proc.stop(how)
                 assert await eventually(lambda: _status_is(http, readyz, 503), 10)
                 await asyncio.sleep(1.0)
-                redis_proc.start()
+                redis_proc.start("the Redis restart test")
                 records = await wait_all_terminal(tracker, list(scripts), timeout_s=40)
                 assert await eventually(lambda: _status_is(http, readyz, 200), 20)
                 alive = [p.poll() is None for p in procs]
             events = await client.xrange(Store(client).events_key)
     finally:
-        if redis_proc.proc and redis_proc.proc.poll() is None:
-            redis_proc.stop(signal.SIGKILL)
+        redis_proc.kill()
     assert alive == [True, True, True]  # workers and API rode it out, no crash loop
     assert len(records) == len(scripts) and all(r.terminal for r in records)
     for record in records:

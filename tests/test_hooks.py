@@ -8,10 +8,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from support import Backend, eventually, fast_settings
 
 import probe_hooks
-from conftest import Backend, eventually, fast_settings
 from worker import hooks, jobs, sim
+from worker.delivery import Delivery, Outcome, after_try
 from worker.errors import ConfigError
 from worker.store import Store
 from worker.tracker import Tracker
@@ -86,6 +87,23 @@ def delivery(destination: str = "python:t:hook") -> dict[str, Any]:
     }
 
 
+async def try_once(
+    hook_map: dict[str, hooks.Hook],
+    body: dict[str, Any],
+    now_ms: int,
+    retry_s: tuple[float, ...] = hooks.HOOK_RETRY_S,
+    timeout_s: float | None = None,
+) -> Outcome:
+    """One try of a stored delivery, as ``deliver.run_try`` makes it: the hook call, then
+    ``after_try`` on the hook's schedule; ``body`` becomes the delivery as stored after it."""
+    delivery = Delivery.from_dict(body)
+    result = await hooks.attempt(hook_map, delivery, timeout_s)
+    after, outcome = after_try(delivery, result, now_ms, hooks.schedule_s(retry_s))
+    body.clear()
+    body.update(after.to_dict())
+    return outcome
+
+
 def shape(attempt: dict[str, Any]) -> dict[str, Any]:
     return {k: attempt[k] for k in ("at_ms", "ok", "error")}
 
@@ -97,8 +115,8 @@ async def test_attempt_delivers_the_event_and_records_the_attempt() -> None:
         got.append(event)
 
     body = delivery()
-    outcome = await hooks.attempt({"python:t:hook": hook}, body, 2000)
-    assert outcome == hooks.Outcome("delivered")
+    outcome = await try_once({"python:t:hook": hook}, body, 2000)
+    assert outcome == Outcome("delivered")
     assert got == [body["event"]]
     assert body["status"] == "delivered"
     assert [shape(a) for a in body["attempts"]] == [{"at_ms": 2000, "ok": True, "error": None}]
@@ -109,8 +127,8 @@ async def test_a_hook_that_does_not_return_in_time_is_a_failed_try_retried_later
         await asyncio.Event().wait()
 
     body = delivery()
-    outcome = await hooks.attempt({"python:t:hook": hangs}, body, 1000, (2.0,), timeout_s=0.05)
-    assert outcome == hooks.Outcome("retry", 2.0)
+    outcome = await try_once({"python:t:hook": hangs}, body, 1000, (2.0,), timeout_s=0.05)
+    assert outcome == Outcome("retry", 2.0)
     assert [shape(a) for a in body["attempts"]] == [{"at_ms": 1000, "ok": False, "error": "timed out after 0.05 s"}]
 
 
@@ -121,9 +139,9 @@ async def boom(event: dict[str, Any]) -> None:
 async def test_a_raising_hook_is_retried_on_the_schedule_then_dead() -> None:
     body = delivery()
     schedule = (1.0, 5.0, 30.0)
-    outcomes = [await hooks.attempt({"python:t:hook": boom}, body, 1000 * n, schedule) for n in range(1, 5)]
-    assert outcomes[:3] == [hooks.Outcome("retry", 1.0), hooks.Outcome("retry", 5.0), hooks.Outcome("retry", 30.0)]
-    assert outcomes[3] == hooks.Outcome("dead")
+    outcomes = [await try_once({"python:t:hook": boom}, body, 1000 * n, schedule) for n in range(1, 5)]
+    assert outcomes[:3] == [Outcome("retry", 1.0), Outcome("retry", 5.0), Outcome("retry", 30.0)]
+    assert outcomes[3] == Outcome("dead")
     assert body["status"] == "dead"
     assert [a["at_ms"] for a in body["attempts"]] == [1000, 2000, 3000, 4000]
     assert all(a["ok"] is False and a["error"] == "RuntimeError: boom for t1" for a in body["attempts"])
@@ -133,7 +151,7 @@ async def test_the_default_schedule_gives_a_hook_six_tries() -> None:
     body = delivery()
     delays = []
     for n in range(6):
-        outcome = await hooks.attempt({"python:t:hook": boom}, body, n)
+        outcome = await try_once({"python:t:hook": boom}, body, n)
         delays.append(outcome.retry_in_s if outcome.status == "retry" else outcome.status)
     assert delays == [*hooks.HOOK_RETRY_S, "dead"]
 
@@ -141,11 +159,11 @@ async def test_the_default_schedule_gives_a_hook_six_tries() -> None:
 async def test_a_replayed_delivery_gets_the_whole_schedule_again() -> None:
     body = delivery()
     for n in range(3):
-        await hooks.attempt({"python:t:hook": boom}, body, n, (1.0, 2.0))
+        await try_once({"python:t:hook": boom}, body, n, (1.0, 2.0))
     assert body["status"] == "dead"
     body["status"], body["tries"] = "pending", 0  # what Store.replay does; the old attempts are kept
-    outcome = await hooks.attempt({"python:t:hook": boom}, body, 10, (1.0, 2.0))
-    assert outcome == hooks.Outcome("retry", 1.0) and len(body["attempts"]) == 4
+    outcome = await try_once({"python:t:hook": boom}, body, 10, (1.0, 2.0))
+    assert outcome == Outcome("retry", 1.0) and len(body["attempts"]) == 4
 
 
 async def test_a_retrying_delivery_that_then_succeeds_is_delivered() -> None:
@@ -158,16 +176,16 @@ async def test_a_retrying_delivery_that_then_succeeds_is_delivered() -> None:
             raise ValueError("not yet")
 
     body = delivery()
-    first = await hooks.attempt({"python:t:hook": once_broken}, body, 1, (0.5,))
-    assert first == hooks.Outcome("retry", 0.5) and body["status"] == "retrying"
-    second = await hooks.attempt({"python:t:hook": once_broken}, body, 2, (0.5,))
-    assert second == hooks.Outcome("delivered") and body["status"] == "delivered"
+    first = await try_once({"python:t:hook": once_broken}, body, 1, (0.5,))
+    assert first == Outcome("retry", 0.5) and body["status"] == "retrying"
+    second = await try_once({"python:t:hook": once_broken}, body, 2, (0.5,))
+    assert second == Outcome("delivered") and body["status"] == "delivered"
     assert [a["ok"] for a in body["attempts"]] == [False, True]
 
 
 async def test_a_destination_that_is_not_configured_records_an_error() -> None:
     body = delivery("python:gone.module:hook")
-    outcome = await hooks.attempt({"python:t:hook": probe_hooks.record}, body, 7, (1.0,))
+    outcome = await try_once({"python:t:hook": probe_hooks.record}, body, 7, (1.0,))
     assert outcome.status in ("retry", "missing")
     [recorded] = body["attempts"]
     assert recorded["ok"] is False and recorded["at_ms"] == 7

@@ -22,8 +22,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.exceptions import ResponseError
+from support import Backend, fast_settings
 
-from conftest import Backend, fast_settings
 from worker import jobs, sim
 from worker.clock import Clock, FakeClock, system_clock
 from worker.control import Control
@@ -463,6 +463,35 @@ async def test_list_filters_by_state_and_service(h: Harness) -> None:
     assert all(r["state"] == "failed" for p in await all_pages(h, state="failed") for r in p)
 
 
+async def test_list_q_finds_tasks_by_id_and_meta_past_the_first_page(h: Harness) -> None:
+    await h.post_tasks(*(task(f"hay-{n:03}", meta={"label": "straw"}) for n in range(150)))
+    h.clock.advance(1)
+    await h.post_tasks(task("late-one", meta={"label": "The NEEDLE"}), task("Needle-2", service="producer"))
+    status, first = await h.call("GET", "/tasks", params={"limit": "100"})
+    assert status == 200 and "late-one" not in [r["id"] for r in first["tasks"]]  # not on the first page
+    status, body = await h.call("GET", "/tasks", params={"q": "needle", "limit": "100"})
+    assert status == 200, body
+    assert [(r["service"], r["id"]) for r in body["tasks"]] == [("producer", "Needle-2"), ("suno", "late-one")]
+    assert body["tasks"][1]["meta"] == {"label": "The NEEDLE"} and set(body["tasks"][1]) == RECORD_FIELDS
+    assert (body["next_cursor"], body["scanned"], body["scan_bound"]) == (None, 152, False)
+    pages = await all_pages(h, q="HAY-1", limit="7", service="suno", state="pending")
+    assert [r["id"] for p in pages for r in p] == [f"hay-{n:03}" for n in range(100, 150)]
+    assert set(first) == {"tasks", "next_cursor"}  # a listing without q answers as before
+
+
+async def test_list_q_that_matches_nothing_is_an_empty_page(h: Harness) -> None:
+    await h.post_tasks(task("t1", meta={"a": 1}), task("t2"))
+    status, body = await h.call("GET", "/tasks", params={"q": "zzz"})
+    assert status == 200 and body == {"tasks": [], "next_cursor": None, "scanned": 2, "scan_bound": False}
+
+
+@pytest.mark.parametrize("q", ["", "x" * 201, "é" * 201])
+async def test_list_refuses_a_q_that_is_empty_or_too_long(h: Harness, q: str) -> None:
+    await h.post_tasks(task("t1"))
+    status, body = await h.call("GET", "/tasks", params={"q": q})
+    assert_error(status, body, 400, "invalid", "q")
+
+
 def cursor_of(value: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
 
@@ -694,7 +723,9 @@ async def test_openapi_documents_every_route(h: Harness) -> None:
     app = h.client.app
     assert app is not None
     served = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource and r.method != "HEAD"}
-    assert len(served) == 13
+    # 13 of the API, /events, /stats/series, /hooks/disabled, /hooks/enable, the dashboard's /, /docs,
+    # /static/{name}, and the upstream's /callbacks/{service}
+    assert len(served) == 21
     assert served <= documented, served - documented
     assert documented <= served, documented - served  # nothing documented that is not served
 
@@ -721,6 +752,9 @@ def guarded_routes() -> list[tuple[str, str, dict[str, Any], int]]:
         ("GET", "/hooks", {"params": {"dead": "1"}}, 200),
         ("POST", "/hooks/dlv_dead/replay", {}, 202),
         ("GET", "/stats", {}, 200),
+        ("GET", "/stats/series", {}, 200),
+        ("GET", "/hooks/disabled", {}, 200),
+        ("POST", "/hooks/enable", {"json": {"url": "https://gone.example.com/hook"}}, 404),
         ("GET", "/metrics", {}, 200),
         ("GET", "/openapi.json", {}, 200),
         ("GET", "/nope", {}, 404),

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
+from support import Backend
 
-from conftest import Backend
 from worker.api import UpstreamClient
-from worker.classify import Lifetimes, Policy
+from worker.cadence import Pace, Policy
 from worker.clock import system_clock
 from worker.intake import EnqueueRequest
-from worker.models import Reason, Record, TaskState, UpstreamTask
-from worker.polling import Outcome, Poller
+from worker.models import Reason, Sample, TaskState
+from worker.polling import Poller
 from worker.sim import SimState
-from worker.store import Claimed, PendingTask, Store, Wait
+from worker.store import Claimed, Store, Wait, sample_text
 
 MakeSim = Callable[..., Awaitable[tuple[str, SimState]]]
 CLAIM = {"batch": 50, "coalesce_ms": 0, "lease_ms": 30_000, "rate_rps": 1000.0}
@@ -33,7 +32,7 @@ async def claimed(store: Store, service: str, ids: list[str]) -> str:
     """Register ``ids`` due now and claim them all; returns the claim id."""
     now_ms = system_clock()
     for task_id in ids:
-        await store.register(EnqueueRequest(service, task_id), now_ms - 10, deadline_s=600, first_poll_s=0)
+        await store.register(EnqueueRequest(service, task_id), now_ms - 10, deadline_s=600, first_due_ms=now_ms - 10)
     got = await store.claim(service, "default", system_clock(), **CLAIM)  # type: ignore[arg-type]
     assert isinstance(got, Claimed) and sorted(got[1]) == sorted(ids)
     return got[0]
@@ -152,9 +151,8 @@ async def test_a_task_naming_an_unconfigured_token_fails_as_rejected(
 ) -> None:
     url, _ = await make_sim(auto=False)
     store = backend.store()
-    await store.register(
-        EnqueueRequest("suno", "t1", token="backup"), system_clock() - 10, deadline_s=60, first_poll_s=0
-    )
+    now_ms = system_clock() - 10
+    await store.register(EnqueueRequest("suno", "t1", token="backup"), now_ms, deadline_s=60, first_due_ms=now_ms)
     got = await store.claim("suno", "backup", system_clock(), **CLAIM)  # type: ignore[arg-type]
     assert isinstance(got, Claimed)
     await make_poller(store, session, url).poll_batch("suno", "backup", got[0], got[1])
@@ -202,32 +200,74 @@ async def test_a_finished_task_teaches_when_it_was_first_seen_running(
     record = await store.get("suno", "quick")
     assert record is not None and record.state is TaskState.SUCCEEDED and record.attempts == 3
     [sample] = await store.lifetime_samples("suno")
-    assert sample.ok and 0.9 <= sample.lifetime_s < 3.0
+    assert record.finished_at_ms is not None and sample.ok and sample.lifetime_s >= 0.9  # two waits of 0.3 + 0.7 s
+    assert sample.lifetime_s == (record.finished_at_ms - record.enqueued_at_ms) / 1000  # enqueue to the terminal write
     queued, running, streaming, clip_done = sample.marks
     assert queued is not None and queued[0] == queued[1] < 200  # seen queued at poll 1 only
     assert running is not None and running[0] == queued[0] and 200 <= running[1] < 1000  # running at poll 2
     # streaming and a clip done were first seen together, at the last poll
     assert streaming == clip_done and streaming is not None and streaming[0] == running[1]
+    # found this late after the upstream's finished_at, at the interval then in effect
+    assert sample.poll_s == 1.0 and sample.latency_s is not None and 0 <= sample.latency_s < 1.0
 
 
-def test_a_stage_seen_after_a_miss_is_bounded_by_the_last_answered_poll() -> None:
-    enqueued_ms = 1_767_119_799_000
-    running = {"id": "t1", "response": {"success": True, "task_id": "t1", "data": [{"id": "c", "state": "running"}]}}
-    record = Record("suno", "t1", enqueued_at_ms=enqueued_ms)
-    # queued when answered at 10 s; left out of the answer at 13 s; running at 16 s
-    task = PendingTask(
-        json.dumps(record.to_dict()),
-        enqueued_ms + 600_000,
-        missing_since_ms=enqueued_ms + 13_000,
-        seen=True,
-        misses=1,
-        polled_ms=enqueued_ms + 13_000,
-        marks=((10_000, 10_000),),
-        attempts=2,
-        enqueued_ms=enqueued_ms,
-    )
-    poller = Poller(None, None, system_clock, Policy(), rate_limit_rps=50.0)  # type: ignore[arg-type]
-    upstream = UpstreamTask.from_wire(running)
-    outcome = poller._decide("t1", task, upstream, enqueued_ms + 16_000, Lifetimes())
-    assert isinstance(outcome, Outcome)
-    assert outcome.marks[1] == (10_000, 16_000)  # not (13_000, ...): the miss saw nothing
+async def test_while_the_upstream_calls_back_polls_are_a_sparse_safety_net(
+    backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    url, state = await make_sim(auto=False)
+    store = backend.store()
+    counts = store.callbacks_key("suno")
+
+    async def next_poll_in_ms(task_id: str, budget_rps: float = 0.01) -> tuple[float, float]:
+        """How long after the poll the task is due next: (at least, at most). The budget: polling
+        one task every second in batches of one spends 100 times a budget of 0.01 requests/s."""
+        state.add_task("suno", task_id, run_s=600.0)  # running all along
+        claim_id = await claimed(store, "suno", [task_id])
+        poller = make_poller(store, session, url)
+        poller.rate_limit_rps, poller.batch_size = budget_rps, 1
+        before_ms = system_clock()
+        await poller.poll_batch("suno", "default", claim_id, [task_id])
+        after_ms = system_clock()
+        due_key = store.due_key("suno", "default")
+        due_ms = await backend.redis.zscore(due_key, task_id)
+        await backend.redis.zrem(due_key, task_id)  # out of the next step's claim
+        await backend.redis.delete(store.rate_key("default"))  # a fresh budget for it
+        assert due_ms is not None
+        return due_ms - after_ms, due_ms - before_ms
+
+    # poll_s 1, max_poll_s 5: every second without callbacks
+    assert (await next_poll_in_ms("t0"))[0] <= 1000
+    await backend.redis.hset(counts, mapping={"finished": 40, "called": 39})  # callbacks come: spaced out
+    assert (await next_poll_in_ms("t1"))[1] > 2400  # 5 s, moved back onto a grid of 2.5 s
+    # the same callbacks, but polling the few tasks every second spends little of the budget: polls stay
+    assert (await next_poll_in_ms("t1b", budget_rps=50.0))[0] <= 1000
+    await backend.redis.hset(counts, mapping={"finished": 100, "called": 39})  # they stopped coming
+    assert (await next_poll_in_ms("t2"))[0] <= 1000
+
+
+async def test_a_latency_target_moves_the_interval_and_the_claims_coalesce_window_with_it(
+    backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    url, state = await make_sim(auto=False)
+    store = backend.store()
+    # 30 finishes found half an interval late: a p95 of 2 s takes polls every 4 s
+    # (lifetimes 0-580 s: no age is skipped, and a new task is young)
+    learned = [sample_text(Sample(20.0 * i, True, (), latency_s=0.5, poll_s=1.0)) for i in range(30)]
+    await backend.redis.lpush(store.lifetimes_key("suno"), *learned)
+
+    async def next_poll_in_ms(task_id: str, target_p95_s: float | None, pace: Pace) -> float:
+        state.add_task("suno", task_id, run_s=600.0)
+        claim_id = await claimed(store, "suno", [task_id])
+        poller = make_poller(store, session, url)
+        poller.target_p95_s, poller.pace = target_p95_s, pace
+        await poller.poll_batch("suno", "default", claim_id, [task_id])
+        due_ms = await backend.redis.zscore(store.due_key("suno", "default"), task_id)
+        await backend.redis.zrem(store.due_key("suno", "default"), task_id)
+        assert due_ms is not None
+        return due_ms - system_clock()
+
+    pace = Pace(1.0)
+    assert await next_poll_in_ms("plain", None, pace) <= 1000 and pace.coalesce_ms("suno") == 500
+    assert await next_poll_in_ms("aimed", 2.0, pace) > 1900  # 4 s, moved back onto a grid of 2 s
+    assert pace.coalesce_ms("suno") == 2000 and pace.coalesce_ms("producer") == 500  # per service
+    assert Pace(1.0, fixed_coalesce_s=0.3).coalesce_ms("suno") == 300  # set by hand: it stays

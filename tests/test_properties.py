@@ -10,14 +10,16 @@ import fakeredis
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import fake_pool
 
-from conftest import fake_pool
 from worker import codec
-from worker.classify import Policy, decide, item_state
+from worker.cadence import Policy
+from worker.classify import decide, item_state
 from worker.errors import InvalidInput, UpstreamUnavailable
 from worker.intake import EnqueueRequest, build_request
-from worker.models import ClipState, Record, TaskState, UpstreamItem, UpstreamTask
+from worker.models import ClipState, Record, TaskState
 from worker.store import Store, sched_text
+from worker.wire import UpstreamItem, UpstreamTask
 
 NOW_MS = 1_767_000_000_000
 WORDS = [
@@ -152,7 +154,7 @@ def test_a_terminal_result_never_reverts(first: dict[str, Any], second: dict[str
 async def _store_twice(done: Record, later: Record) -> Record:
     redis = aioredis.Redis(connection_pool=fake_pool(fakeredis.FakeServer(), decode_responses=True))
     store = Store(redis)
-    await store.register(EnqueueRequest("suno", "t1"), NOW_MS - 10_000, deadline_s=600, first_poll_s=0)
+    await store.register(EnqueueRequest("suno", "t1"), NOW_MS - 10_000, deadline_s=600, first_due_ms=NOW_MS - 10_000)
     assert await store.finish(done, NOW_MS, [], sample=None)
     if later.terminal:
         assert not await store.finish(later, NOW_MS + 5000, [], sample=None)

@@ -14,12 +14,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from servers import free_port, wait_port
+from support import eventually, fast_settings, require_real_redis
 
-from conftest import eventually, free_port, require_real_redis, wait_port
-from worker import sim
+from worker import jobs, sim
+from worker.connect import create_redis
 from worker.models import TaskState
+from worker.process import Supervisor
 from worker.redis_policy import eviction_problem, policy_problem
-from worker.store import Store
+from worker.store import Keys, Store
 from worker.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,19 +151,24 @@ async def test_a_full_redis_loses_nothing_says_so_once_a_minute_and_work_resumes
             await admin.config_set("maxmemory", 0)
             everything = [*direct, "intake-1", "intake-2"]
             resumed = await eventually(lambda: _all_succeeded(tracker, everything), 40)
+            records = [
+                (i, r and r.state)
+                for i, r in zip(everything, await tracker.store.get_many(("suno", i) for i in everything), strict=True)
+            ]
+            intake = await admin.xinfo_groups(tracker.store.intake_key)
         finally:
             await admin.config_set("maxmemory", 0)
             for proc in (worker, api):
                 proc.terminate()
                 proc.wait(timeout=15)
+            await admin.flushall()
+            await admin.aclose()  # also when an assertion failed: no connection left for a later test
     text = log.read_text()
     assert all(r is not None and r.state is TaskState.PENDING for r in while_full), while_full
     assert answer[0] == 503 and answer[1]["error"]["code"] == "redis_full", answer
     assert text.count("Redis is full") == 1, text  # one line a minute, not one per try
     assert "Traceback" not in text, text
-    assert resumed, [(r.id, r.state) for r in await tracker.store.get_many(("suno", i) for i in everything) if r]
-    await admin.flushall()
-    await admin.aclose()
+    assert resumed, (records, intake, text[-3000:])
 
 
 async def _polled(tracker: Tracker, ids: list[str]) -> bool:
@@ -170,3 +178,48 @@ async def _polled(tracker: Tracker, ids: list[str]) -> bool:
 async def _all_succeeded(tracker: Tracker, ids: list[str]) -> bool:
     records = await tracker.store.get_many(("suno", i) for i in ids)
     return all(r is not None and r.state is TaskState.SUCCEEDED for r in records)
+
+
+async def test_arqs_own_write_refused_by_a_full_redis_starts_a_fresh_arq_worker_once_writes_are_taken(
+    real_redis_url: str | None, request: pytest.FixtureRequest, make_sim: MakeSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    # arq writes its health key (hourly by default, here every iteration) and its cron jobs outside
+    # any job: refused, its main loop ends (CI: the prune cron fell in a test's full window)
+    url = require_real_redis(real_redis_url, request)
+    admin = aioredis.Redis.from_url(url, decode_responses=True)
+    await admin.flushall()
+    sim_url, state = await make_sim(auto=False)
+    state.add_task("suno", "late", script="succeed", run_s=1.0, clip_gap_s=0.1)
+    settings = fast_settings(sim_url, redis_url=url, hooks=[])
+    store_redis, stop = create_redis(url), asyncio.Event()
+    kwargs = {**jobs.worker_settings(settings, store_redis=store_redis), "health_check_interval": 0.05}
+    supervisor = Supervisor(kwargs, store_redis, url, stop, Keys(settings.key_prefix))
+    running = asyncio.create_task(supervisor.run())
+    try:
+        await eventually(lambda: _started(supervisor), 15)
+        first = supervisor.worker
+        await admin.config_set("maxmemory", 1)
+        await eventually(lambda: _said(caplog, "Redis is full"), 10)
+        await admin.config_set("maxmemory", 0)
+        await Tracker.over(admin).enqueue("suno", "late")  # work for the worker that runs now
+        done = await eventually(lambda: _all_succeeded(Tracker.over(admin), ["late"]), 20)
+        alive = not running.done()
+    finally:
+        await admin.config_set("maxmemory", 0)
+        stop.set()
+        await asyncio.gather(running, return_exceptions=True)
+        await supervisor.close()
+        await store_redis.aclose()
+        await admin.flushall()
+        await admin.aclose()
+    assert alive and done, [r.getMessage() for r in caplog.records][-10:]
+    assert supervisor.worker is not first  # a fresh arq worker, over the same pool and runtime
+
+
+async def _started(supervisor: Supervisor) -> bool:
+    worker = supervisor.worker
+    return worker is not None and jobs.runtime_of_worker(worker).parts is not None
+
+
+async def _said(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in r.getMessage() for r in caplog.records)

@@ -44,19 +44,20 @@ import schemathesis
 from aiohttp import web
 from schemathesis.core.failures import FailureGroup
 from schemathesis.openapi.checks import RejectedPositiveData
+from support import require_real_redis
 
 import worker.http
-from conftest import require_real_redis
 from worker import webhooks
 from worker.classify import observe
 from worker.clock import system_clock
 from worker.control import Control
+from worker.delivery import Delivery, Try, after_try
 from worker.events import build_events
-from worker.hooks import destinations_by_event, record_attempt
+from worker.hooks import destinations_by_event
 from worker.http import Api, create_app
 from worker.intake import EnqueueRequest
-from worker.models import UpstreamTask
 from worker.store import Store
+from worker.wire import UpstreamTask
 
 pytestmark = pytest.mark.realredis
 
@@ -123,7 +124,7 @@ async def _seed(store: Store, control: Control) -> dict[str, str]:
             task = UpstreamTask.from_wire(raw)
             assert task is not None
             req = EnqueueRequest(service, task.id, callback_url="https://hooks.example.com/cb", meta={"seed": name})
-            created, before = await store.register(req, now, deadline_s=1800, first_poll_s=3)
+            created, before = await store.register(req, now, deadline_s=1800, first_due_ms=now + 3000)
             if not created:  # producer_batch.json lists one task twice
                 continue
             decision = observe(task, before, now)
@@ -131,16 +132,15 @@ async def _seed(store: Store, control: Control) -> dict[str, str]:
             events = build_events(decision.events, before, decision.record, now, control.destinations)
             assert await store.finish(decision.record, now, events, sample=None)
     pending = EnqueueRequest("suno", "seed-pending", callback_url="https://hooks.example.com/cb", meta={"n": 1})
-    await store.register(pending, now, deadline_s=1800, first_poll_s=3)
-    [delivery, *_] = await store.deliveries()
-    record_attempt(delivery, now, "HTTP 500", 500)
-    delivery["status"] = "dead"
-    await store.save_delivery(delivery["delivery_id"], delivery)
-    await store.dead_letter(delivery["delivery_id"], now)
+    await store.register(pending, now, deadline_s=1800, first_due_ms=now + 3000)
+    [first, *_] = await store.deliveries()
+    dead, _ = after_try(Delivery.from_dict(first), Try("HTTP 500", 500), now, schedule_s=())  # no retry left
+    await store.save_delivery(dead.delivery_id, dead.to_dict())
+    await store.dead_letter(dead.delivery_id, now)
     # beats "an hour from now": it stays live (not stale) for the whole fuzz run
     beat = {"worker_id": "fuzz-worker", "at_ms": system_clock() + 3_600_000, "paused_tokens": []}
     await store.heartbeat("fuzz-worker", beat, ttl_ms=3_600_000)
-    return {"finished": decision.record.id, "pending": pending.id, "dead": delivery["delivery_id"]}
+    return {"finished": decision.record.id, "pending": pending.id, "dead": dead.delivery_id}
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +170,11 @@ def servers(real_redis_url: str | None, request: pytest.FixtureRequest) -> Itera
         )
         control = Control(store, hooks, frozenset({"task.succeeded", "task.failed"}))
         seeded = await _seed(store, control)
-        auth_url = await serve(Api(store, control, http_token=TOKEN))
-        return Servers(auth_url, await serve(Api(store, control)), seeded)
+        # /events answers a stream that ends after sse_max_s, and ?wait_s= holds a request at most
+        # max_wait_s: short here, so a fuzzed call on a pending task (one fuzzing posted) returns
+        sse = {"sse_max_s": 0.2, "sse_heartbeat_s": 0.1, "max_wait_s": 0.2}
+        auth_url = await serve(Api(store, control, http_token=TOKEN, **sse))
+        return Servers(auth_url, await serve(Api(store, control, **sse)), seeded)
 
     async def stop() -> None:
         for runner in runners:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -42,10 +41,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from servers import RedisServer, redis_server_binary, sentinel
 from test_e2e import check_outcome
 
-from conftest import free_port, wait_port
 from worker import sim
+from worker.connect import SENTINEL_CLIENT_NAME
 from worker.errors import StoreError
 from worker.models import Record
 from worker.store import Store
@@ -61,75 +61,55 @@ SCRIPTS = ("succeed", "succeed", "partial", "error", "legacy")
 
 
 class Cluster:
-    """The Redis processes of one test, every one killed at exit."""
+    """The Redis processes of one test (a primary, its replica, three Sentinels), every one killed at exit."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.primary_port, self.replica_port = free_port(), free_port()
-        self.sentinel_ports = [free_port() for _ in range(3)]
-        self.primary: subprocess.Popen[bytes] | None = None
+        self.primary = RedisServer(folder / "primary", {"save": ""}, name="primary")
+        replica_of = ("--replicaof", "127.0.0.1", str(self.primary.port))
+        self.replica = RedisServer(folder / "replica", {"save": ""}, name="replica", args=replica_of)
+        timing = {"down_after_milliseconds": "1000", "failover_timeout": "5000", "parallel_syncs": "1"}
+        self.sentinels = [sentinel(folder, f"sentinel{n}", MASTER, self.primary.port, **timing) for n in range(3)]
+
+    @property
+    def primary_port(self) -> int:
+        return self.primary.port
+
+    @property
+    def replica_port(self) -> int:
+        return self.replica.port
+
+    @property
+    def sentinel_ports(self) -> list[int]:
+        return [s.port for s in self.sentinels]
 
     @property
     def url(self) -> str:
         nodes = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
         return f"redis+sentinel://{nodes}/{MASTER}/0"
 
-    def spawn(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        with (self.folder / f"{name}.log").open("wb") as out:
-            proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT, cwd=self.folder)
-        self.procs.append(proc)
-        return proc
-
     def start_servers(self) -> None:
-        for name, port in (("primary", self.primary_port), ("replica", self.replica_port)):
-            folder = self.folder / name
-            folder.mkdir()
-            args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""]
-            if name == "replica":
-                args += ["--replicaof", "127.0.0.1", str(self.primary_port)]
-            proc = self.spawn(args, name)
-            if name == "primary":
-                self.primary = proc
-            wait_port(port)
+        self.primary.start("the Sentinel test")
+        self.replica.start("the Sentinel test")
 
     def start_sentinels(self) -> None:
-        for n, port in enumerate(self.sentinel_ports):
-            conf = self.folder / f"sentinel{n}.conf"
-            conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {self.folder}\n"
-                f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
-                f"sentinel down-after-milliseconds {MASTER} 1000\n"
-                f"sentinel failover-timeout {MASTER} 5000\n"
-                f"sentinel parallel-syncs {MASTER} 1\n"
-            )
-            self.spawn([str(conf), "--sentinel"], f"sentinel{n}")
-        for port in self.sentinel_ports:
-            wait_port(port)
+        for server in self.sentinels:
+            server.start("the Sentinel test")
 
     def kill_primary(self) -> None:
-        assert self.primary is not None
-        self.primary.send_signal(signal.SIGKILL)
-        self.primary.wait()
+        self.primary.stop(signal.SIGKILL)
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for server in (self.primary, self.replica, *self.sentinels):
+            server.kill()
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(self.folder.glob("*.log")))
+        return "\n".join(f"--- {s.log.name}\n{s.log_tail()}" for s in (self.primary, self.replica, *self.sentinels))
 
 
 @contextmanager
 def cluster(folder: Path) -> Iterator[Cluster]:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("no redis-server on PATH: CI must run the Sentinel test")
-        pytest.skip("no redis-server on PATH")
+    redis_server_binary("the Sentinel test")
     c = Cluster(folder)
     try:
         yield c
@@ -258,9 +238,13 @@ async def close_sentinel_clients(tracker: Tracker) -> None:
         await client.aclose()
 
 
-def open_connections(client: aioredis.Redis) -> int:
-    pool = client.connection_pool
-    return sum(1 for c in (*pool._available_connections, *pool._in_use_connections) if c.is_connected)
+async def named_connections(ports: list[int]) -> list[int]:
+    """acetrack's connections to each Sentinel, as the Sentinel lists its clients."""
+    counts = []
+    for port in ports:
+        async with aioredis.Redis(port=port, decode_responses=True) as admin:
+            counts.append(sum(1 for c in await admin.client_list() if c["name"] == SENTINEL_CLIENT_NAME))
+    return counts
 
 
 async def test_tracker_close_closes_its_sentinel_connections(tmp_path: Path) -> None:
@@ -270,8 +254,10 @@ async def test_tracker_close_closes_its_sentinel_connections(tmp_path: Path) -> 
         tracker = Tracker.from_url(redis_cluster.url)
         try:
             assert await tracker.get("suno", "nothing") is None  # asks a Sentinel for the primary
+            assert sum(await named_connections(redis_cluster.sentinel_ports)) >= 1
             await tracker.close()
-            assert [open_connections(c) for c in sentinel_clients(tracker)] == [0, 0, 0]
+            closed = await eventually(lambda: _equals(named_connections(redis_cluster.sentinel_ports), [0, 0, 0]), 10)
+            assert closed, await named_connections(redis_cluster.sentinel_ports)
         finally:
             await close_sentinel_clients(tracker)
 
@@ -322,7 +308,7 @@ async def _is(info_call: Awaitable[dict[str, object]], key: str, value: str) -> 
     return (await info_call).get(key) == value
 
 
-async def _equals(call: Awaitable[int], value: int) -> bool:
+async def _equals(call: Awaitable[object], value: object) -> bool:
     return await call == value
 
 

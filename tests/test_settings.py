@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from config.settings import Settings, parse_redis_url
+from worker.parts import cadence_for
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SCHEDULE = [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
@@ -255,3 +256,10 @@ def test_settings_module_imports_nothing_from_worker() -> None:
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_coalesce_window_follows_the_poll_grid_unless_set(make_settings: MakeSettings) -> None:
+    # apart, a coalesce window off the grid left batches a third smaller (issue 22): one knob moves both
+    assert cadence_for(make_settings()).coalesce_ms == 1500  # the default grid: half of 3 s
+    assert cadence_for(make_settings({"ACETRACK_POLL_S": "8"})).coalesce_ms == 4000
+    assert cadence_for(make_settings({"ACETRACK_POLL_S": "8", "ACETRACK_COALESCE_S": "1"})).coalesce_ms == 1000

@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from worker.sim import SCRIPTS, SIM_STATE, SimState, auto_run_s, auto_script, create_app, run_sim
+from worker.sim import SIM_STATE, SimState, create_app, run_sim
+from worker.sim_tasks import SCRIPTS, auto_run_s, auto_script
 
 Json = dict[str, Any]
 T0 = 1_767_119_745.5

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import zlib
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from support import RECORD_FIELDS, Backend, require_real_redis
 
-from conftest import RECORD_FIELDS, Backend, require_real_redis
-from worker import store as store_mod
 from worker.classify import fail
 from worker.connect import create_redis
 from worker.events import build_events
@@ -23,7 +24,7 @@ CLAIM = {"batch": 50, "coalesce_ms": 1000, "lease_ms": 30_000, "rate_rps": 1e6}
 
 async def register(store: Store, task_id: str, now_ms: int = NOW_MS, **kw: object) -> tuple[bool, Record]:
     req = EnqueueRequest(service="suno", id=task_id, **kw)  # type: ignore[arg-type]
-    return await store.register(req, now_ms, deadline_s=1800, first_poll_s=3)
+    return await store.register(req, now_ms, deadline_s=1800, first_due_ms=now_ms + 3000)
 
 
 async def test_register_is_idempotent_and_keeps_first_record(backend: Backend) -> None:
@@ -261,18 +262,6 @@ async def test_listing_every_state_pages_across_state_boundaries(backend: Backen
     assert [s for s, _ in seen] == ["pending"] * 5 + ["failed"] * 2  # pending first, then succeeded, then failed
 
 
-async def test_a_task_stored_before_sched_existed_is_still_polled(backend: Backend) -> None:
-    store = backend.store()
-    await register(store, "old")
-    key = store.task_key("suno", "old")
-    await backend.redis.hdel(key, "sched")  # the 0.x layout: the deadline in a field of its own
-    fields = {"deadline_at_ms": str(NOW_MS + 1234), "seen": "1", "missing_since_ms": str(NOW_MS), "misses": "2"}
-    await backend.redis.hset(key, mapping=fields)
-    old = (await store.load_pending("suno", ["old"]))["old"]
-    assert (old.deadline_at_ms, old.seen, old.missing_since_ms, old.misses) == (NOW_MS + 1234, True, NOW_MS, 2)
-    assert old.record.attempts == 0
-
-
 async def test_enqueueing_a_pending_task_again_returns_its_current_poll_count(backend: Backend) -> None:
     store = backend.store()
     await register(store, "t1")
@@ -319,11 +308,10 @@ async def test_a_batch_of_writes_after_the_server_lost_its_scripts_runs_each_wri
 
 
 async def test_the_wake_channel_pings_when_silent_and_gives_up_on_a_server_that_does_not_answer(
-    backend: Backend, monkeypatch: pytest.MonkeyPatch
+    backend: Backend,
 ) -> None:
-    monkeypatch.setattr(store_mod, "WAKE_READ_S", 0.2)
     store = backend.store()
-    async with store.wakes() as wakes:
+    async with store.wakes(read_s=0.2) as wakes:
         waiting = asyncio.ensure_future(anext(wakes))
         await asyncio.sleep(1.0)  # silent for 5 reads: each PING answered, still following
         assert not waiting.done()
@@ -350,3 +338,36 @@ async def test_a_quiet_intake_read_blocks_less_than_the_connections_socket_timeo
         assert await store.read_intake("c1", 10, block_ms=5000) == []
     finally:
         await client.aclose()
+
+
+async def test_a_finished_record_is_stored_packed_whole_and_read_back_whole(backend: Backend) -> None:
+    store = backend.store()
+    _, record = await register(store, "t1")
+    raw = {"id": "t1", "response": {"data": [{"lyric": "la la la\n" * 300, "title": "Song"}]}}
+    done = record.evolve(state=TaskState.SUCCEEDED, finished_at_ms=NOW_MS + 10, response=raw)
+    assert await store.finish(done, NOW_MS + 10, [], sample=None)
+    key = store.task_key("suno", "t1")
+    fields = await backend.redis.hgetall(key)
+    assert set(fields) == {"record", "state"}, fields  # no scheduling fields left, no answer apart
+    unpacked = json.loads(zlib.decompress(base64.b64decode(fields["record"])))
+    assert unpacked["response"] == raw and len(fields["record"]) < len(json.dumps(raw)) / 4  # lyrics pack well
+    assert (await store.get("suno", "t1")) == done  # every reader gets the whole record back
+    assert (await store.get_many([("suno", "t1")])) == [done]
+    created, again = await register(store, "t1")  # a duplicate enqueue answers the stored record
+    assert not created and again == done
+
+
+async def test_a_record_finished_by_an_earlier_version_is_read_whole(backend: Backend) -> None:
+    # before finished records were packed whole: the record as JSON, the raw answer packed apart;
+    # an upgrade reads those for as long as they are kept (ACETRACK_RETENTION_S)
+    store = backend.store()
+    _, record = await register(store, "old")
+    raw = {"id": "old", "response": {"data": [{"title": "Song"}]}}
+    done = record.evolve(state=TaskState.SUCCEEDED, finished_at_ms=NOW_MS + 10, response=raw)
+    key = store.task_key("suno", "old")
+    await backend.redis.delete(key)
+    packed = base64.b64encode(zlib.compress(json.dumps(raw).encode())).decode()
+    plain = json.dumps({k: v for k, v in done.to_dict().items() if v is not None and k != "response"})
+    await backend.redis.hset(key, mapping={"record": plain, "state": "succeeded", "response": packed})
+    assert await store.get("suno", "old") == done
+    assert await store.get_many([("suno", "old")]) == [done]

@@ -1,6 +1,6 @@
 """Signed webhooks (DESIGN.md §4) against a real receiving server on loopback.
 
-The receiver is an aiohttp app served by ``TestServer`` on 127.0.0.1. It records every request and
+The receiver (``receivers.serve``) is an aiohttp app served by ``TestServer`` on 127.0.0.1. It records every request and
 checks the signature itself with ``standardwebhooks.Webhook(secret).verify``. Each test scripts its
 answers (500 then 200, 429/503 with ``Retry-After``, 410, a slow answer, a 307 redirect). Deliveries
 are made by the real arq worker polling the simulator, on fakeredis and on a real redis-server.
@@ -18,9 +18,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,18 +28,15 @@ import aiohttp
 import arq.worker
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
-from aiohttp.test_utils import TestServer
-from standardwebhooks import Webhook
-from standardwebhooks.webhooks import WebhookVerificationError
+from receivers import Answer, Hit, Receiver, serve
+from support import Backend, fast_settings, require_real_redis
 
 from config import Settings
-from conftest import Backend, fast_settings, require_real_redis
 from worker import jobs, sim, webhooks
 from worker.api import DEFAULT_TIMEOUT_S
+from worker.delivery import WEBHOOK_PREFIX, Delivery, Outcome, after_try
 from worker.errors import InvalidInput
 from worker.events import build_events
-from worker.hooks import WEBHOOK_PREFIX, Outcome
 from worker.models import EventType, Record, TaskState
 from worker.queue import MAX_JOBS
 from worker.store import Store
@@ -54,76 +50,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- the receiving server ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Answer:
-    """One scripted reply of the receiver."""
-
-    status: int = 200
-    headers: Mapping[str, str] = field(default_factory=dict)
-    sleep_s: float = 0.0
-
-
-@dataclass
-class Hit:
-    """One request the receiver got, with the result of verifying its signature."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float  # time.monotonic() on arrival
-    payload: dict[str, Any] | None  # the verified JSON body; None when verification failed
-    error: str | None
-
-    @property
-    def webhook_id(self) -> str:
-        return self.headers["webhook-id"]
-
-    @property
-    def task_id(self) -> str:
-        assert self.payload is not None, self.error
-        return str(self.payload["data"]["id"])
-
-
-class Receiver:
-    """Records every request; answers per path from a script, then 200."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self.hits: list[Hit] = []
-        self.script: dict[str, list[Answer]] = {}
-        self.default = Answer()
-
-    def answer(self, path: str, *answers: Answer) -> None:
-        self.script.setdefault(path, []).extend(answers)
-
-    def at(self, path: str) -> list[Hit]:
-        return [h for h in self.hits if h.path == path]
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        payload: dict[str, Any] | None = None
-        error: str | None = None
-        try:
-            payload = Webhook(SECRET).verify(body, headers)
-        except WebhookVerificationError as e:
-            error = str(e)
-        self.hits.append(Hit(request.method, request.path, headers, body, time.monotonic(), payload, error))
-        queue = self.script.get(request.path)
-        answer = queue.pop(0) if queue else self.default
-        if answer.sleep_s:
-            await asyncio.sleep(answer.sleep_s)
-        return web.Response(status=answer.status, headers=dict(answer.headers), text="ok")
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", rec.handle)
-    async with TestServer(app, host="127.0.0.1") as server:
-        rec.url = str(server.make_url("")).rstrip("/")
+    """Records every request, verifying its signature; answers per path from a script, then 200."""
+    async with serve(SECRET) as rec:
         yield rec
 
 
@@ -242,7 +172,7 @@ async def test_each_finished_task_is_posted_once_signed_with_its_event_id(
         assert int(hit.headers["webhook-timestamp"]) == int(sent.timestamp())
         stored = await store.get("suno", hit.task_id)
         assert stored is not None and stored.state is TaskState.SUCCEEDED
-        assert hit.payload["data"] == stored.to_dict()
+        assert hit.payload["data"] == {**stored.to_dict(), "response": None}  # the raw answer stays in Redis
         body = await delivery_of(store, hit.task_id)
         assert body["status"] == "delivered" and body["destination"] == WEBHOOK_PREFIX + receiver.url + "/hook"
         assert [(a["ok"], a["status"]) for a in body["attempts"]] == [(True, 200)]
@@ -318,7 +248,7 @@ async def test_a_500_is_retried_with_the_same_webhook_id_and_a_valid_signature_e
     assert len({h.webhook_id for h in hits}) == 1
     assert hits[0].webhook_id == (await succeeded_events(real_backend.redis, store))["flaky-receiver"]["event_id"]
     assert len({json.dumps({**(h.payload or {}), "timestamp": None}) for h in hits}) == 1  # only the time changes
-    gaps = [b.at - a.at for a, b in zip(hits, hits[1:], strict=False)]
+    gaps = [b.at_s - a.at_s for a, b in zip(hits, hits[1:], strict=False)]
     assert min(gaps) >= 0.17, gaps  # schedule 0.2 s with 10 % jitter
     assert body["tries"] == 3 and len(body["attempts"]) == 3
     assert [(a["ok"], a["status"]) for a in body["attempts"]] == [(False, 500), (False, 500), (True, 200)]
@@ -338,7 +268,7 @@ async def test_retry_after_is_honoured_over_a_shorter_schedule(
     async with worker(real_backend, hook_settings(url, receiver, webhook_schedule_s=[0, 0.1, 0.1])):
         body = await settled(store, "busy-receiver", "delivered")
     first, second = receiver.hits
-    assert 0.95 <= second.at - first.at < 2.0, second.at - first.at
+    assert second.at_s - first.at_s >= 0.95, second.at_s - first.at_s  # not before the schedule's 1 s
     assert first.webhook_id == second.webhook_id
     assert [a["status"] for a in body["attempts"]] == [status, 200]
 
@@ -358,19 +288,23 @@ async def test_a_timeout_is_a_failed_try_and_the_next_try_delivers(receiver: Rec
         {"task.succeeded": [WEBHOOK_PREFIX + receiver.url + "/slow"]},
     )
     ((_, raw),) = event.deliveries
-    body = json.loads(raw)
+    delivery = Delivery.from_dict(json.loads(raw))
     timeout = aiohttp.ClientTimeout(total=DEFAULT_TIMEOUT_S, connect=10)  # as the worker's session
     async with aiohttp.ClientSession(timeout=timeout) as session:
         started = time.monotonic()
-        first = await webhooks.attempt(session, config, body, now_ms, rng=lambda: 0.5)
+        first = await webhooks.attempt(session, config, delivery, now_ms)
         took_s = time.monotonic() - started
-        second = await webhooks.attempt(session, config, body, now_ms + 100, rng=lambda: 0.5)
-    assert first == Outcome("retry", 0.1) and 0.25 <= took_s < 0.9, (first, took_s)
-    assert second == Outcome("delivered")
-    assert body["status"] == "delivered" and body["tries"] == 2
-    failed = body["attempts"][0]
-    assert failed["ok"] is False and failed["status"] is None and "Timeout" in failed["error"]
-    assert len(receiver.hits) == 2 and receiver.hits[0].webhook_id == receiver.hits[1].webhook_id == body["event_id"]
+        assert first is not None
+        delivery, outcome = after_try(delivery, first, now_ms, config.schedule_s)
+        second = await webhooks.attempt(session, config, delivery, now_ms + 100)
+        assert second is not None
+        delivery, last = after_try(delivery, second, now_ms + 100, config.schedule_s)
+    assert outcome == Outcome("retry", 0.1) and took_s >= 0.25, (outcome, took_s)  # it waited for its timeout
+    assert last == Outcome("delivered")
+    assert delivery.status == "delivered" and delivery.tries == 2
+    failed = delivery.attempts[0]
+    assert not failed.ok and failed.status is None and failed.error is not None and "Timeout" in failed.error
+    assert len(receiver.hits) == 2 and receiver.hits[0].webhook_id == receiver.hits[1].webhook_id == delivery.event_id
     assert_signed(receiver.hits)
 
 
@@ -677,26 +611,28 @@ async def crash_and_recover(
     assert [(await delivery_of(store, t))["status"] for t in ids] == ["delivered"] * len(ids)
 
 
+#: the slow destination answers after this: longer than every task takes to finish
+SLOW_ANSWER_S = 10.0
+
+
 async def test_a_slow_destination_never_delays_polling(
     real_backend: Backend, make_sim: MakeSim, receiver: Receiver
 ) -> None:
     """More slow deliveries than a worker has job slots: every task still finishes on polling's own time."""
     url, state = await make_sim(auto=False)
-    receiver.default = Answer(sleep_s=3.0)
+    receiver.default = Answer(sleep_s=SLOW_ANSWER_S)
     tracker = Tracker.over(real_backend.redis, first_poll_s=0.1)
     ids = [f"slow-{i}" for i in range(MAX_JOBS + 20)]
     for task_id in ids:
         state.add_task("suno", task_id, script="succeed", run_s=0.3, clip_gap_s=0.0)
         await tracker.enqueue("suno", task_id)
     async with worker(real_backend, hook_settings(url, receiver, poll_s=0.3)):
-        started = time.monotonic()
-        done = await eventually(
-            lambda: _all_terminal(tracker, ids), timeout_s=2.5
-        )  # well before the first 3 s webhook answers
-        elapsed_s = time.monotonic() - started
+        done = await eventually(lambda: _all_terminal(tracker, ids), timeout_s=SLOW_ANSWER_S - 1)
+        # in that order: every task finished while no webhook had been answered yet
+        answered = [d for d in [await delivery_of(real_backend.store(), t) for t in ids] if d["attempts"]]
         in_flight = len(receiver.hits)
     assert done, "tasks waited for slow webhook deliveries"
-    assert elapsed_s < 3.0 and in_flight < len(ids)
+    assert not answered and in_flight < len(ids), (answered[:3], in_flight)
 
 
 async def _all_terminal(tracker: Tracker, ids: list[str]) -> bool:

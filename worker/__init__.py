@@ -7,6 +7,7 @@ up (once). A configuration that cannot work ends the process there with exit 2 a
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 __version__ = "0.1.0"
@@ -16,6 +17,11 @@ __all__ = ["__version__"]  # WorkerSettings is looked up by name (``arq worker.W
 def __getattr__(name: str) -> Any:
     # built on first use, not at import: importing the package (the CLI, the tests) reads no settings
     if name == "WorkerSettings":
+        from worker.own_packages import clash
+
+        if (shadowing := clash()) is not None:  # before arq_settings imports acetrack's 'config'
+            print(f"acetrack: {shadowing}", file=sys.stderr)
+            raise SystemExit(2)
         from worker.arq_settings import worker_settings_class
 
         return worker_settings_class()

@@ -25,7 +25,7 @@ from worker.errors import (
     UpstreamTooLarge,
     UpstreamUnavailable,
 )
-from worker.models import UpstreamTask, error_of
+from worker.wire import UpstreamTask, error_of
 
 logger = logging.getLogger(__name__)
 

@@ -55,7 +55,9 @@ def settings_error(error: ValidationError) -> str:
     """One line for the first invalid setting: its variable's name and what is wrong."""
     first = error.errors()[0]
     where = f" ACETRACK_{str(first['loc'][0]).upper()}" if first["loc"] else "s"
-    return f"bad setting{where}: {first['msg']}"
+    # a validator's own message, without the "Value error, " pydantic puts before it
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"bad setting{where}: {message}"
 
 
 def _look_at_redis(url: str) -> None:

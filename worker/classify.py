@@ -10,12 +10,21 @@ import functools
 import hashlib
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from worker import codec
+from worker.cadence import (
+    STAGE_CLIP_DONE,
+    STAGE_QUEUED,
+    STAGE_RUNNING,
+    STAGE_STREAMING,
+    Policy,
+    Rng,
+    schedule_ms,
+)
 from worker.models import (
     ACTIVE_CLIP_STATES,
     Clip,
@@ -24,9 +33,14 @@ from worker.models import (
     Reason,
     Record,
     TaskState,
-    UpstreamItem,
-    UpstreamTask,
 )
+from worker.models import (
+    Mark as Mark,
+)
+from worker.models import (
+    Sample as Sample,
+)
+from worker.wire import UpstreamItem, UpstreamTask
 
 SUCCESS_WORDS = frozenset({"succeeded", "succeed", "success", "completed", "complete", "done", "finished"})
 FAILURE_WORDS = frozenset({"error", "failed", "failure", "cancelled", "canceled", "rejected"})
@@ -34,24 +48,11 @@ PENDING_WORDS = frozenset({"pending", "queued", "queue", "submitted", ""})
 RUNNING_WORDS = frozenset({"running", "processing", "streaming"})
 #: hosts that serve a streaming preview while a clip is still being generated
 PREVIEW_HOSTS = frozenset({"audiopipe.suno.ai"})
-#: until enough tasks of a service have finished, assume this lifetime before slowing down
-DEFAULT_USUAL_LIFETIME_S = 300.0
-MIN_LIFETIME_SAMPLES = 5
-#: finished tasks needed before polls skip the ages nothing finishes at
-MIN_SKIP_SAMPLES = 20
-#: growth starts this many times the p90 lifetime
-LATE_FACTOR = 1.5
-GROWTH = 1.5
 #: answers in a row without the id (besides the grace period) before it is "not found"
 MIN_MISSES = 5
 
-#: what an observation shows of a task's way to the end: nothing started, running, streaming a
-#: preview, a clip done. The age a stage was first seen at predicts the lifetime (learned per service).
-STAGE_QUEUED, STAGE_RUNNING, STAGE_STREAMING, STAGE_CLIP_DONE = range(4)
-STAGES = (STAGE_QUEUED, STAGE_RUNNING, STAGE_STREAMING, STAGE_CLIP_DONE)
 STREAMING_WORDS = frozenset({"streaming"})
 
-Rng = Callable[[], float]
 #: every field of an upstream item that ``UpstreamItem.from_wire`` reads (see ``fingerprint``)
 ITEM_FIELDS = (
     "id",
@@ -70,15 +71,6 @@ ITEM_FIELDS = (
     "error",
     "error_message",
 )
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The cadence settings, in seconds (DESIGN.md §3)."""
-
-    poll_s: float = 3.0
-    max_poll_s: float = 60.0
-    not_found_grace_s: float = 60.0
 
 
 @dataclass
@@ -326,32 +318,6 @@ def decide(
     return decision
 
 
-def schedule_ms(
-    now_ms: int,
-    enqueued_ms: int,
-    deadline_at_ms: int,
-    policy: Policy,
-    *,
-    usual_s: float,
-    earliest_s: float,
-    stage: int,
-    rng: Rng = random.random,
-    min_delay_s: float = 0.0,
-) -> int:
-    """When to poll a still-pending task next (epoch ms): ``next_poll_delay_s`` (at least
-    ``min_delay_s``), sped up for a task with a clip done, moved back onto the grid, never past the
-    deadline."""
-    age_s = (now_ms - enqueued_ms) / 1000
-    delay_s = max(next_poll_delay_s(age_s, usual_s, policy, rng, earliest_s=earliest_s), min_delay_s)
-    if stage == STAGE_CLIP_DONE and age_s < usual_s:
-        # part of the output is done: the rest usually follows within seconds
-        delay_s = min(delay_s, policy.poll_s / FINISHING_SPEEDUP)
-    grid_ms = int(policy.poll_s * 1000 / FINISHING_SPEEDUP)
-    # at least half a grid step on: a poll that ran late is not repeated at once
-    next_ms = on_grid_ms(now_ms + int(delay_s * 1000), grid_ms, now_ms + grid_ms // 2)
-    return min(next_ms, deadline_at_ms)
-
-
 def fingerprint(task: UpstreamTask) -> str:
     """A digest of everything in an upstream answer that ``observe`` reads.
 
@@ -362,36 +328,6 @@ def fingerprint(task: UpstreamTask) -> str:
     # every id of every poll, hence ``map`` (a C loop) and orjson (under half of ``repr``'s time)
     answer = (task.finished_at, task.success, task.error, [tuple(map(e.get, ITEM_FIELDS)) for e in task.entries])
     return hashlib.blake2b(codec.dumps(answer), digest_size=8).hexdigest()
-
-
-def reached_stage(marks: Sequence[Mark | None]) -> int:
-    """The furthest stage marked (``advance_marks``): the stage of the last answer."""
-    for stage in range(len(marks) - 1, STAGE_QUEUED, -1):  # from the furthest: most tasks are past queued
-        if marks[stage] is not None:
-            return stage
-    return STAGE_QUEUED
-
-
-def first_poll_ms(enqueued_ms: int, first_poll_s: float) -> int:
-    """When a new task is first polled: ``first_poll_s`` on, moved back onto a grid of half that."""
-    first_ms = int(first_poll_s * 1000)
-    return on_grid_ms(enqueued_ms + first_ms, first_ms // FINISHING_SPEEDUP, enqueued_ms)
-
-
-def on_grid_ms(due_ms: int, grid_ms: int, after_ms: int) -> int:
-    """``due_ms`` moved back to a multiple of ``grid_ms`` (epoch-aligned), yet later than ``after_ms``.
-
-    Every worker snaps to the same grid, so a service's polls fall due together and fill batches
-    instead of trickling out one id at a time. Moving back, not on, keeps every interval at most
-    as long as asked (``schedule_ms`` adds up to half a step for a poll that ran late). The grid
-    is half the poll interval: tasks polled every interval keep to one of two alternating phases,
-    and tasks polled twice as often share both, so each grid point carries about half the regular
-    polls plus the fast ones.
-    """
-    if grid_ms <= 0:
-        return due_ms
-    snapped = due_ms - due_ms % grid_ms
-    return snapped if snapped > after_ms else snapped + grid_ms
 
 
 def _missing(
@@ -405,34 +341,6 @@ def _missing(
         error: dict[str, str | None] = {"code": "not_found", "message": f"task {record.id!r} unknown upstream"}
         return Decision(fail(counted, Reason.NOT_FOUND, now_ms, error), [EventType.TASK_FAILED])
     return Decision(counted, missing_since_ms=since_ms)
-
-
-def next_poll_delay_s(
-    age_s: float, usual_lifetime_s: float, policy: Policy, rng: Rng = random.random, *, earliest_s: float = 0.0
-) -> float:
-    """Every ``poll_s`` while young; past the usual lifetime, ×1.5 per poll_s overdue, full jitter, capped.
-
-    Before ``earliest_s`` (an age few tasks of the service finish before) there is nothing to find:
-    the next poll waits until then. The jitter spreads late tasks over ``[poll_s, cap]`` so slow
-    ones don't poll in lockstep.
-    """
-    if age_s + policy.poll_s < earliest_s:
-        return min(earliest_s - age_s, policy.max_poll_s)
-    overdue_s = age_s - usual_lifetime_s
-    if overdue_s <= 0:
-        return policy.poll_s
-    steps = overdue_s / policy.poll_s
-    cap_s = min(policy.max_poll_s, policy.poll_s * math.pow(GROWTH, min(steps, 64.0)))
-    jitter: float = rng()
-    return policy.poll_s + jitter * (cap_s - policy.poll_s)
-
-
-#: a task with part of its output done is polled this many times as often (until the usual lifetime)
-FINISHING_SPEEDUP = 2
-#: lowest share of finished tasks a learned "earliest" may leave behind (they are found late)
-EARLY_QUANTILE = 0.01
-#: a stage's lifetime ratio: the share of tasks that finished faster than it predicts
-STAGE_QUANTILE = 0.02
 
 
 def item_stage(item: UpstreamItem) -> int:
@@ -452,109 +360,3 @@ def observed_stage(task: UpstreamTask | None) -> int:
     if task is None or not task.items:
         return STAGE_QUEUED
     return max(item_stage(i) for i in task.items)
-
-
-Mark = tuple[int, int]
-"""A stage's first sighting: (age of the poll before, which had not seen it; age of the poll that did), ms."""
-
-
-def advance_marks(marks: Sequence[Mark | None], stage: int, before_ms: int, now_ms: int) -> tuple[Mark | None, ...]:
-    """Note what this poll showed of the task's stage (``marks[s]`` is stage ``s``'s).
-
-    ``before_ms`` and ``now_ms`` are the task's ages at the previous poll and at this one. A stage
-    past queued is marked once, when first seen: ``(before_ms, now_ms)``, it began in between.
-    Queued is marked ``(now_ms, now_ms)`` at every poll that still shows it. Learning divides
-    lifetimes by the later age and predicting multiplies by the earlier one: both err towards
-    polling early, however far apart the polls were.
-    """
-    out = list(marks) + [None] * (len(STAGES) - len(marks))
-    if stage == STAGE_QUEUED:
-        out[STAGE_QUEUED] = (now_ms, now_ms)
-    for s in STAGES[1:]:
-        if s <= stage and out[s] is None:
-            out[s] = (before_ms, now_ms)
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One finished task of a service, as the scheduler learns from it.
-
-    ``marks``: per stage, when it was first seen (see ``advance_marks``).
-    ``ok``: it succeeded (only those tell the usual lifetime; failures tell how early one can end).
-    """
-
-    lifetime_s: float
-    ok: bool = True
-    marks: tuple[Mark | None, ...] = ()
-
-
-@dataclass(frozen=True)
-class Lifetimes:
-    """What recently finished tasks of one service say about when a poll may find one finished."""
-
-    #: before this age almost no task ends (the 1st percentile): polls wait for it
-    earliest_s: float = 0.0
-    #: past this age, intervals grow
-    usual_s: float = DEFAULT_USUAL_LIFETIME_S
-    #: per stage: lifetime / age before the stage, a low quantile (0: not learned yet)
-    stage_ratios: tuple[float, ...] = ()
-    #: per stage: the oldest age a learned task was marked at (ms); a ratio is not stretched past it
-    stage_ages_ms: tuple[int, ...] = ()
-
-    def earliest_for(self, marks: Sequence[Mark | None]) -> float:
-        """The age (s) before which a task that reached the stages in ``marks`` likely runs on.
-
-        A task marked later than any learned one (stuck in a queue, say) is outside what was
-        learned: its ratio does not apply, only the age rule.
-        """
-        earliest = self.earliest_s
-        for ratio, oldest_ms, mark in zip(self.stage_ratios, self.stage_ages_ms, marks, strict=False):
-            if ratio > 0 and mark is not None and mark[0] <= oldest_ms:
-                earliest = max(earliest, ratio * mark[0] / 1000)
-        return earliest
-
-
-def _low(values: Sequence[float], quantile: float) -> float:
-    ordered = sorted(values)
-    return ordered[int(len(ordered) * quantile)]
-
-
-def lifetimes_from(samples: Sequence[Sample | float]) -> Lifetimes:
-    """Learn a service's ``Lifetimes`` from recently finished tasks (plain floats: succeeded lifetimes, s).
-
-    The first samples come from the shortest tasks (they finish first), so the numbers start low
-    and rise: polling starts early, and growth waits until half as long again past the p90.
-    Nothing is skipped until ``MIN_SKIP_SAMPLES`` tasks tell it, and then only ages and stages that
-    all but ``EARLY_QUANTILE`` / ``STAGE_QUANTILE`` of them outlived.
-    """
-    found = [s if isinstance(s, Sample) else Sample(float(s)) for s in samples]
-    usual_s = usual_lifetime_s([s.lifetime_s for s in found if s.ok])
-    if len(found) < MIN_SKIP_SAMPLES:
-        return Lifetimes(0.0, usual_s)
-    ratios, oldest = [], []
-    for index in range(len(STAGES)):
-        marked = [(s.lifetime_s, m) for s in found if len(s.marks) > index and (m := s.marks[index]) and m[0]]
-        enough = len(marked) >= MIN_SKIP_SAMPLES
-        ratios.append(_low([life_s * 1000 / m[1] for life_s, m in marked], STAGE_QUANTILE) if enough else 0.0)
-        oldest.append(max((m[1] for _, m in marked), default=0))
-    earliest_s = _low([s.lifetime_s for s in found], EARLY_QUANTILE)
-    return Lifetimes(earliest_s, usual_s * LATE_FACTOR, tuple(ratios), tuple(oldest))
-
-
-def usual_lifetime_s(samples_s: Sequence[float], default_s: float = DEFAULT_USUAL_LIFETIME_S) -> float:
-    """The 90th percentile of recent lifetimes of one service; ``default_s`` until there are enough."""
-    if len(samples_s) < MIN_LIFETIME_SAMPLES:
-        return default_s
-    ordered = sorted(samples_s)
-    return float(ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)])
-
-
-def backoff_s(
-    failures: int, base_s: float, cap_s: float, retry_after_s: float | None, rng: Rng = random.random
-) -> float:
-    """Service-wide back-off after a 429/5xx: the server's Retry-After if given, else exponential with jitter."""
-    if retry_after_s is not None:
-        return min(max(retry_after_s, 0.0), cap_s * 10)
-    ceiling = min(cap_s, base_s * math.pow(2.0, min(failures, 32)))
-    return ceiling / 2 + rng() * ceiling / 2

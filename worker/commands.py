@@ -10,21 +10,23 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from config import Settings
 from worker.clock import system_clock
 from worker.control import collect_stats, decode_cursor, encode_cursor, live_workers
-from worker.errors import ConfigError, InvalidInput
-from worker.http import control_from_settings
+from worker.errors import InvalidInput
 from worker.intake import DEFAULT_TOKEN, check_id, check_service
 from worker.models import Clip, ClipState, Record, TaskState
+from worker.parts import control_for
 from worker.redis_policy import eviction_problem
-from worker.store import Store
+from worker.store import Cursor, Store
 from worker.tracker import Tracker
 
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+#: exit codes (``worker.cli``'s docstring; bad usage, 2, is ``worker.cli.EXIT_USAGE``)
+EXIT_OK, EXIT_PROBLEM = 0, 1
 #: what the CLI calls a watched id that acetrack does not track (not a ``TaskState``: no record has it)
 UNKNOWN = "unknown"
 #: colour of each state in text output on a terminal (``rich`` style names)
@@ -36,20 +38,6 @@ STATE_COLOURS: dict[str, str] = {
     UNKNOWN: "magenta",
 }
 _ANSI = {"green": "32", "red": "31", "yellow": "33", "magenta": "35"}
-
-
-def tracker_from(settings: Settings) -> Tracker:
-    """A tracker for the CLI from the settings."""
-    if settings.redis_url is None:
-        raise ConfigError("ACETRACK_REDIS_URL is not set; e.g. ACETRACK_REDIS_URL=redis://localhost:6379/0")
-    return Tracker.from_url(
-        settings.redis_url,
-        prefix=settings.key_prefix,
-        deadline_s=settings.deadline_s,
-        first_poll_s=settings.first_poll_s,
-        services=settings.services,
-        allow_hosts=settings.webhook_allow_hosts,
-    )
 
 
 def _err(message: str) -> None:
@@ -96,18 +84,26 @@ def detail_lines(record: Record, colour: bool = False) -> list[str]:
     return lines
 
 
-def check_token(settings: Settings, name: str | None) -> None:
-    """Refuse a token name the CLI's settings do not configure. A host that configures none (a
-    producer's) cannot tell, so it accepts any: the workers' settings decide.
+async def check_token(settings: Settings, store: Store, name: str | None) -> None:
+    """Refuse a token name that is not configured: in the CLI's settings, or, on a host that
+    configures none (a producer's), in the running workers' (their heartbeats name their tokens).
+    With neither, any name is accepted: the workers decide.
 
     Raises:
-        InvalidInput: on field ``token``, naming the configured tokens.
+        InvalidInput: on field ``token``, naming ``ACETRACK_API_TOKENS`` and the configured tokens.
     """
-    configured = settings.tokens()
     token = name or DEFAULT_TOKEN
+    configured: Collection[str] = settings.tokens().keys()
+    whose = ""
+    if not configured:
+        live = await live_workers(store, system_clock())
+        configured, whose = {t for w in live for t in w.get("tokens", [])}, " (the running workers')"
     if configured and token not in configured:
-        names = ", ".join(sorted(configured))
-        raise InvalidInput("token", f"token {token!r} is not configured here; configured tokens: {names}")
+        raise InvalidInput(
+            "token",
+            f"token {token!r} is not configured (ACETRACK_API_TOKEN is 'default', ACETRACK_API_TOKENS names "
+            f"the others); configured tokens{whose}: {', '.join(sorted(configured))}",
+        )
 
 
 def _enqueued_line(earlier: Record | None, record: Record, colour: bool) -> str:
@@ -126,7 +122,7 @@ async def enqueue(settings: Settings, tracker: Tracker, args: argparse.Namespace
     meta = json.loads(args.meta) if args.meta else None
     for task_id in args.ids:
         Tracker.validate(args.service, task_id, settings.services)
-    check_token(settings, args.token)
+    await check_token(settings, tracker.store, args.token)
     colour = colour_enabled(sys.stdout)
     for task_id in args.ids:
         earlier = await tracker.get(args.service, task_id)
@@ -157,15 +153,31 @@ async def status(tracker: Tracker, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _tasks_page(
+    tracker: Tracker,
+    args: argparse.Namespace,
+    service: str | None,
+    state: TaskState | None,
+    limit: int,
+    after: Cursor | None,
+) -> tuple[list[Record], Cursor | None]:
+    if args.search is None:
+        return await tracker.store.list_page(service, state, limit, after)
+    found = await tracker.store.search_page(service, state, args.search, limit, after)
+    return found.records, found.next_cursor
+
+
 async def list_tasks(tracker: Tracker, args: argparse.Namespace) -> int:
-    """Tasks matching the filters, oldest first, from ``--cursor`` on; then the next page's cursor, if any."""
+    """Tasks matching the filters (and ``--search``), oldest first, from ``--cursor`` on; then the next
+    page's cursor, if any. A search goes on, a bounded stretch of tasks at a time, until ``--limit``
+    matches or the end."""
     service = check_service(args.service) if args.service else None
     state = TaskState(args.state) if args.state else None
     after = decode_cursor(args.cursor, state) if args.cursor else None
     colour = colour_enabled(sys.stdout)
     shown = 0
     while shown < args.limit:
-        records, after = await tracker.store.list_page(service, state, min(500, args.limit - shown), after)
+        records, after = await _tasks_page(tracker, args, service, state, min(500, args.limit - shown), after)
         for record in records:
             print(json.dumps(record.to_dict()) if args.json else summary_line(record, colour))
         shown += len(records)
@@ -179,7 +191,7 @@ async def list_tasks(tracker: Tracker, args: argparse.Namespace) -> int:
 
 async def cancel(settings: Settings, tracker: Tracker, args: argparse.Namespace) -> int:
     """Cancel a pending task; exit 1 if unknown or already finished."""
-    outcome, record = await control_from_settings(settings, tracker.store).cancel(
+    outcome, record = await control_for(settings, tracker.store).cancel(
         check_service(args.service), check_id(args.id), silent=args.silent
     )
     if record is None or outcome != "cancelled":
@@ -191,9 +203,7 @@ async def cancel(settings: Settings, tracker: Tracker, args: argparse.Namespace)
 
 async def reopen(settings: Settings, tracker: Tracker, args: argparse.Namespace) -> int:
     """Restart a finished task; exit 1 if unknown or still pending."""
-    outcome, record = await control_from_settings(settings, tracker.store).reopen(
-        check_service(args.service), check_id(args.id)
-    )
+    outcome, record = await control_for(settings, tracker.store).reopen(check_service(args.service), check_id(args.id))
     if record is None or outcome != "reopened":
         _err(f"task {args.service}/{args.id} " + ("is not tracked" if record is None else "is still pending"))
         return EXIT_PROBLEM
@@ -320,6 +330,8 @@ async def _hooks_list(store: Store, args: argparse.Namespace) -> int:
         found, bodies = len(every), every[: args.limit]
     if found > args.limit:
         _err(f"showing the {args.limit} oldest of {found}; --limit shows more")
+    if not bodies and not args.json:
+        print("no dead-lettered deliveries" if args.dead else "no deliveries")
     for body in bodies:
         summary = {k: body.get(k) for k in ("delivery_id", "event_id", "destination", "status", "reason", "tries")}
         summary["attempts"] = body.get("attempts")

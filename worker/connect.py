@@ -15,8 +15,10 @@ are the same (``tests/test_connect.py`` checks them against redis-py's own packe
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,13 @@ from urllib.parse import urlsplit
 import hiredis
 import redis.asyncio as aioredis
 from arq.connections import RedisSettings
-from redis.asyncio.connection import AbstractConnection, ConnectionPool, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import (
+    URL_QUERY_ARGUMENT_PARSERS,
+    AbstractConnection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, OutOfMemoryError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -121,7 +129,7 @@ def permission_hint(error: RedisError) -> str | None:
     grant = f"+{refused[1]}" if refused else "it"
     return (
         f"the Redis user may not run a command acetrack needs ({error}); grant {grant} in the user's ACL "
-        "(README, Deploy: 'TLS and a least-privilege Redis user' has the minimal ACL)"
+        "(docs/deploy.md, 'TLS and a least-privilege Redis user', has the minimal ACL)"
     )
 
 
@@ -162,12 +170,18 @@ class SentinelUrl:
         return cls(nodes, path[0], int(path[1]) if len(path) > 1 else 0, parts.password)
 
 
+#: the name acetrack's connections to Sentinels carry (``CLIENT SETNAME``)
+SENTINEL_CLIENT_NAME = "acetrack"
+
+
 def create_redis(url: str) -> aioredis.Redis:
     """A ``decode_responses`` client for ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URLs."""
     sentinel_url = SentinelUrl.parse(url)
     if sentinel_url is None:
         return fast_packing(aioredis.Redis.from_url(url, decode_responses=True))
-    sentinel = Sentinel(sentinel_url.nodes, decode_responses=True)  # type: ignore[no-untyped-call]
+    # named, so an operator (and a test) can tell acetrack's connections in a Sentinel's CLIENT LIST
+    sentinel_kwargs = {"client_name": SENTINEL_CLIENT_NAME}
+    sentinel = Sentinel(sentinel_url.nodes, sentinel_kwargs=sentinel_kwargs, decode_responses=True)  # type: ignore[no-untyped-call]
     master: aioredis.Redis = sentinel.master_for(
         sentinel_url.service_name, db=sentinel_url.db, password=sentinel_url.password
     )
@@ -178,16 +192,47 @@ def create_redis(url: str) -> aioredis.Redis:
 _ARQ_BASICS = frozenset({"host", "port", "db", "username", "password", "path"})
 
 
-def check_url(url: str) -> None:
-    """Refuse a URL whose options redis-py cannot use (a typo such as ``ssl_ca_cert``), naming it;
-    warn of options that reach the store's connections but not arq's."""
+def check_url_options(url: str) -> ConnectionPool | None:
+    """Refuse a URL whose options redis-py cannot use (a typo such as ``ssl_ca_cert``), naming the
+    option; returns redis-py's pool for it (None for Sentinel URLs). Nothing connects.
+
+    Raises:
+        ConfigError: naming ``ACETRACK_REDIS_URL`` and the option.
+    """
     if SentinelUrl.parse(url) is not None:
-        return
+        return None
     try:
         pool = ConnectionPool.from_url(url)
         pool.make_connection()  # type: ignore[no-untyped-call]  # builds the object only: nothing connects
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"ACETRACK_REDIS_URL {describe(url)}: {e}; check the options in its query string") from e
+        raise ConfigError(f"ACETRACK_REDIS_URL {describe(url)}: {_option_problem(url, e)}") from e
+    return pool
+
+
+#: TLS options of redis-py's URLs (``rediss://`` only)
+_TLS_OPTIONS = frozenset(o for o in _ARQ_FIELDS if o.startswith("ssl_"))
+
+
+def _option_problem(url: str, error: Exception) -> str:
+    """What is wrong with the URL's query string, in words (redis-py says ``__init__() got an
+    unexpected keyword argument``)."""
+    unknown = re.search(r"unexpected keyword argument '([^']+)'", str(error))
+    if unknown is None:
+        return f"{error}; check the options in its query string"
+    name = unknown[1]
+    if name in _TLS_OPTIONS:
+        return f"option {name!r} applies to TLS only: use a rediss:// URL"
+    known = sorted(set(URL_QUERY_ARGUMENT_PARSERS) | _TLS_OPTIONS)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "known options: " + ", ".join(known)
+    return f"redis-py knows no URL option {name!r}; {hint}"
+
+
+def check_url(url: str) -> None:
+    """``check_url_options``, then warn of options that reach the store's connections but not arq's."""
+    pool = check_url_options(url)
+    if pool is None:
+        return
     not_for_arq = sorted(set(pool.connection_kwargs) - _ARQ_BASICS - set(_ARQ_FIELDS))
     if not_for_arq:
         logger.warning(
@@ -232,6 +277,28 @@ def describe(url: str) -> str:
     parts = urlsplit(url)
     hosts = parts.netloc.rpartition("@")[2]
     return f"{parts.scheme}://{hosts}{parts.path}"
+
+
+async def wait_for_room(
+    client: aioredis.Redis, probe_key: str, *, sleep: Callable[[float], Any] = asyncio.sleep
+) -> None:
+    """Return once a full Redis takes writes again (or cannot be reached: whoever writes next
+    finds that out and says so). The probe is ``SET probe_key '' XX`` of a key that never exists:
+    it writes nothing, but Redis refuses it while full, as it refuses every write that may grow."""
+    wait_s, tries = 0.25, 0
+    while True:
+        tries += 1
+        try:
+            await client.set(probe_key, "", xx=True)
+            if tries > 1:
+                logger.info("Redis takes writes again: resuming")
+            return
+        except OutOfMemoryError as e:
+            FULL_LOG.note("worker", e, time.monotonic())
+        except REDIS_DOWN:
+            return
+        await sleep(wait_s)
+        wait_s = min(MAX_RETRY_S, wait_s * 2)
 
 
 async def wait_for_redis(client: aioredis.Redis, url: str, *, sleep: Callable[[float], Any] = asyncio.sleep) -> None:

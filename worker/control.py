@@ -9,6 +9,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from worker.cadence import first_poll_ms
 from worker.classify import fail
 from worker.clock import Clock, system_clock
 from worker.errors import InvalidInput
@@ -72,8 +73,9 @@ class Control:
         req = EnqueueRequest(
             service, task_id, callback_url=record.callback_url, token=record.token, meta=record.meta, reopen=True
         )
+        now_ms = self.clock()
         _, stored = await self.store.register(
-            req, self.clock(), deadline_s=self.deadline_s, first_poll_s=self.first_poll_s
+            req, now_ms, deadline_s=self.deadline_s, first_due_ms=first_poll_ms(now_ms, self.first_poll_s)
         )
         return "reopened", stored
 

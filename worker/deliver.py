@@ -1,19 +1,25 @@
 """One try of one delivery (a Python hook or a webhook), as a ``deliver`` job runs it.
 
 The delivery stays in the outbox, leased, for the whole try: a worker that dies mid-try loses
-nothing, the try is handed over again after the lease (and counted as a possible duplicate).
+nothing, the try is handed over again after the lease (and counted as a possible duplicate). What a
+try leads to is decided by ``delivery.after_try``; this module does the I/O around it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import dataclasses
+import logging
+import random
 
 from worker import hooks as hooks_mod
 from worker import metrics, webhooks
-from worker.hooks import WEBHOOK_PREFIX
-from worker.runtime import Parts, Runtime
+from worker.delivery import Delivery, Outcome, Try, after_try
+from worker.parts import Parts
+from worker.runtime import Runtime
 from worker.store import Store
+
+logger = logging.getLogger(__name__)
 
 #: one try of one delivery (arq's job timeout): a webhook try is bounded by its 15 s timeout
 TRY_TIMEOUT_S = 60
@@ -42,53 +48,64 @@ async def run_try(runtime: Runtime, delivery_id: str, leased_until_ms: int | Non
             metrics.DUPLICATES.inc()
         return "missing" if body is None else str(body["status"])
     now_ms = runtime.clock()
-    await _mark_sending(runtime, parts, body, now_ms)
+    delivery = await _mark_sending(runtime, parts, Delivery.from_dict(body), now_ms)
     try:
-        outcome = await _attempt(runtime, parts, body, now_ms)
+        result = await _attempt(runtime, parts, delivery, now_ms)
     except asyncio.CancelledError:
         if parts.scheduler.stopping.is_set():
             # a stopping worker hands the try back at once instead of waiting out the lease
             await asyncio.shield(store.requeue_delivery(delivery_id, runtime.clock()))
         raise
-    await _record(store, body, outcome, now_ms)
+    if result is None:  # this worker could not try it (no webhook secret): no try is spent
+        await store.save_delivery(delivery_id, dataclasses.replace(delivery, sending_since_ms=None).to_dict())
+        await store.requeue_delivery(delivery_id, now_ms + int(webhooks.NO_SECRET_RETRY_S * 1000))
+        return "retry"
+    schedule_s = parts.webhook_config.schedule_s if delivery.is_webhook else hooks_mod.schedule_s(runtime.hook_retry_s)
+    jitter = random.uniform(-1.0, 1.0) if delivery.is_webhook else 0.0
+    after, outcome = after_try(delivery, result, now_ms, schedule_s, jitter)
+    await _record(store, after, outcome, now_ms)
     return outcome.status
 
 
-async def _record(store: Store, body: dict[str, Any], outcome: hooks_mod.Outcome, now_ms: int) -> None:
-    delivery_id = body["delivery_id"]
-    body["sending_since_ms"] = None
-    await store.save_delivery(delivery_id, body)
+async def _record(store: Store, delivery: Delivery, outcome: Outcome, now_ms: int) -> None:
+    delivery = dataclasses.replace(delivery, sending_since_ms=None)
+    await store.save_delivery(delivery.delivery_id, delivery.to_dict())
     if outcome.disable_url:
-        await store.disable_url(body["destination"].removeprefix(WEBHOOK_PREFIX), now_ms)
+        await store.disable_url(delivery.url, now_ms)
     if outcome.status == "dead":
-        await store.dead_letter(delivery_id, now_ms)
+        await store.dead_letter(delivery.delivery_id, now_ms)
+        logger.warning(
+            "delivery %s to %s dead-lettered (%s): %s",
+            delivery.delivery_id,
+            delivery.destination,
+            delivery.reason,
+            delivery.attempts[-1].error,
+        )
     if outcome.status == "retry":
-        await store.requeue_delivery(delivery_id, now_ms + int(outcome.retry_in_s * 1000))
+        await store.requeue_delivery(delivery.delivery_id, now_ms + int(outcome.retry_in_s * 1000))
     else:
-        await store.outbox_done(delivery_id)
+        await store.outbox_done(delivery.delivery_id)
     await store.count(f"deliveries_{outcome.status}")
-    kind = "webhook" if body["destination"].startswith(WEBHOOK_PREFIX) else "python"
-    metrics.DELIVERIES.labels(kind, outcome.status).inc()
+    metrics.DELIVERIES.labels("webhook" if delivery.is_webhook else "python", outcome.status).inc()
 
 
-async def _mark_sending(runtime: Runtime, parts: Parts, body: dict[str, Any], now_ms: int) -> None:
-    if body.get("sending_since_ms"):
+async def _mark_sending(runtime: Runtime, parts: Parts, delivery: Delivery, now_ms: int) -> Delivery:
+    if delivery.sending_since_ms:
         # an earlier try started and never recorded its end (its worker died): the receiver may
         # already have it, so this try may be a duplicate (same webhook-id)
         await parts.store.count("possible_duplicate_deliveries")
         metrics.DUPLICATES.inc()
-    body["sending_since_ms"] = now_ms
-    await parts.store.save_delivery(body["delivery_id"], body)
+    delivery = dataclasses.replace(delivery, sending_since_ms=now_ms)
+    await parts.store.save_delivery(delivery.delivery_id, delivery.to_dict())
     # keep the delivery leased for this whole try; if the worker dies, it is handed over again after
-    is_webhook = body["destination"].startswith(WEBHOOK_PREFIX)
-    try_s = parts.webhook_config.timeout_s if is_webhook else TRY_TIMEOUT_S
+    try_s = parts.webhook_config.timeout_s if delivery.is_webhook else TRY_TIMEOUT_S
     lease_ms = int((try_s + runtime.settings.lease_s) * 1000)
-    await parts.store.requeue_delivery(body["delivery_id"], now_ms + lease_ms)
+    await parts.store.requeue_delivery(delivery.delivery_id, now_ms + lease_ms)
+    return delivery
 
 
-async def _attempt(runtime: Runtime, parts: Parts, body: dict[str, Any], now_ms: int) -> hooks_mod.Outcome:
-    destination: str = body["destination"]
-    if not destination.startswith(WEBHOOK_PREFIX):
-        return await hooks_mod.attempt(runtime.plan.hooks, body, now_ms, runtime.hook_retry_s, HOOK_TIMEOUT_S)
-    disabled = await parts.store.is_disabled(destination.removeprefix(WEBHOOK_PREFIX))
-    return await webhooks.attempt(parts.session, parts.webhook_config, body, now_ms, disabled=disabled)
+async def _attempt(runtime: Runtime, parts: Parts, delivery: Delivery, now_ms: int) -> Try | None:
+    if not delivery.is_webhook:
+        return await hooks_mod.attempt(runtime.plan.hooks, delivery, HOOK_TIMEOUT_S)
+    disabled = await parts.store.is_disabled(delivery.url)
+    return await webhooks.attempt(parts.session, parts.webhook_config, delivery, now_ms, disabled=disabled)

@@ -8,7 +8,9 @@ prints a line as each song becomes playable.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,10 +26,28 @@ from worker import jobs, sim
 from worker.connect import create_redis
 from worker.embedded import embedded_server
 from worker.models import TaskState
+from worker.parts import store_for
 from worker.tracker import Tracker
 
+
+class DemoConsole(Console):
+    """The demo's console: a reader that goes away (``acetrack demo | head -5``) ends the demo
+    quietly, exit 0, as for other CLIs (rich's own default is exit 1 from wherever it wrote)."""
+
+    reader_gone = False
+
+    def on_broken_pipe(self) -> None:
+        # Python's recipe (docs.python.org/3/library/signal.html#note-on-sigpipe): stdout to devnull,
+        # so what is left in its buffer at exit does not fail again; the hooks' lines go nowhere
+        self.quiet = True
+        self.reader_gone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 #: soft wrap: a long audio URL stays on its line in container logs too
-CONSOLE = Console(soft_wrap=True)
+CONSOLE = DemoConsole(soft_wrap=True)
 #: lifecycles of the demo's tasks: (service, script, how many)
 DEMO_MIX = (
     ("suno", "succeed", 18),
@@ -42,16 +62,14 @@ DEMO_TIMEOUT_S = 120.0
 
 async def announce(event: dict[str, Any]) -> None:
     """The demo's Python hook: one line per playable song and per finished task."""
-    record, kind = event["record"], event["type"]
+    task, kind = f"{event['service']}/{event['id']}", event["type"]
     if kind == "clip.succeeded":
         clip = event.get("clip") or {}
-        CONSOLE.print(
-            f"[green]♪ ready[/] {record['service']}/{record['id']}: {clip.get('title')!r} → {clip.get('audio_url')}"
-        )
+        CONSOLE.print(f"[green]♪ ready[/] {task}: {clip.get('title')!r} → {clip.get('audio_url')}")
     elif kind == "task.failed":
-        CONSOLE.print(f"[red]✗ failed[/] {record['service']}/{record['id']}: {record['reason']}")
-    elif record.get("partial"):
-        CONSOLE.print(f"[yellow]◐ done, partial[/] {record['service']}/{record['id']}: one clip failed, the rest kept")
+        CONSOLE.print(f"[red]✗ failed[/] {task}: {event['reason']}")
+    elif (event.get("record") or {}).get("partial"):
+        CONSOLE.print(f"[yellow]◐ done, partial[/] {task}: one clip failed, the rest kept")
 
 
 @asynccontextmanager
@@ -87,7 +105,8 @@ def demo_settings(api_base_url: str, redis_url: str) -> Settings:
 
 
 async def run_demo(seed: int = 7) -> int:
-    """Run the demo; returns the exit code (0 when every task reached a terminal state)."""
+    """Run the demo; returns the exit code: 0 when every task reached a terminal state, or when the
+    reader of stdout went away (the demo then stops), 1 when tasks were still pending at the end."""
     with embedded_server() as redis_url:
         return await _run(redis_url, random.Random(seed), seed)
 
@@ -96,7 +115,8 @@ async def _run(redis_url: str, rng: random.Random, seed: int) -> int:
     store_redis = create_redis(redis_url)
     async with _serve_sim(auto=False, rate_limit_rps=60.0, seed=seed) as (url, state):
         settings = demo_settings(url, redis_url)
-        tracker = Tracker.over(store_redis, first_poll_s=settings.first_poll_s, deadline_s=settings.deadline_s)
+        store = store_for(settings, store_redis)
+        tracker = Tracker(store, first_poll_s=settings.first_poll_s, deadline_s=settings.deadline_s)
         ids = await _enqueue(tracker, state, rng)
         CONSOLE.print(f"acetrack demo: {len(ids)} tasks, simulator at {url}, Redis at {redis_url} (embedded)\n")
         async with jobs.running_worker(jobs.worker_settings(settings, store_redis=store_redis)):
@@ -123,7 +143,7 @@ async def _follow(tracker: Tracker, ids: list[tuple[str, str]]) -> bool:
         bar = progress.add_task("tasks", total=len(ids))
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + DEMO_TIMEOUT_S
-        while loop.time() < give_up_at:
+        while loop.time() < give_up_at and not CONSOLE.reader_gone:
             records = await tracker.store.get_many(ids)
             finished = sum(1 for r in records if r is not None and r.terminal)
             progress.update(bar, completed=finished)
@@ -131,7 +151,7 @@ async def _follow(tracker: Tracker, ids: list[tuple[str, str]]) -> bool:
                 await asyncio.sleep(0.3)  # let the last hook lines print
                 return True
             await asyncio.sleep(0.2)
-    return False
+    return CONSOLE.reader_gone  # nobody reads on: no reason to go on, and no failure
 
 
 def _summary(records: list[Any], upstream_requests: int) -> None:

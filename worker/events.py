@@ -11,7 +11,7 @@ from typing import Any
 
 from worker import codec
 from worker.classify import newly_succeeded
-from worker.hooks import WEBHOOK_PREFIX
+from worker.delivery import WEBHOOK_PREFIX
 from worker.models import EventType, OutEvent, Record
 
 NewId = Callable[[], str]
@@ -27,9 +27,20 @@ def new_event_id() -> str:
     return "evt_" + _random_hex()
 
 
+#: the event types that carry the whole record (``record``); the others carry what changed
+RECORD_EVENTS = frozenset({EventType.TASK_SUCCEEDED, EventType.TASK_FAILED})
+
+
 def event_fields(event_type: EventType, record: Record, now_ms: int, event_id: str, record_json: str) -> dict[str, str]:
-    """The flat string fields of one events-stream entry (``""`` stands for null); ``record_json``:
-    ``record`` as JSON (one encoding serves all the events of a decision)."""
+    """The flat string fields of one events-stream entry (``""`` stands for null).
+
+    ``record_json``: the terminal record as JSON, without the raw upstream answer (``response``,
+    on the stored record): one encoding serves all the events of a decision. Only terminal events
+    carry it; ``task.progress`` and ``clip.succeeded`` carry what changed (``progress``, ``clip``)
+    and the task's ``meta``. Every entry has the same fields in the same order: Redis then stores
+    their names once per stream node, not once per entry.
+    """
+    terminal = event_type in RECORD_EVENTS
     return {
         "event_id": event_id,
         "type": event_type.value,
@@ -39,19 +50,30 @@ def event_fields(event_type: EventType, record: Record, now_ms: int, event_id: s
         "reason": record.reason.value if record.reason else "",
         "progress": "" if record.progress is None else str(record.progress),
         "at_ms": str(now_ms),
-        "record": record_json,
+        "record": record_json if terminal else "",
+        "clip": "",
+        "meta": "" if terminal or record.meta is None else codec.dumps(record.meta).decode(),
     }
 
 
 def event_from_fields(fields: Mapping[str, str]) -> dict[str, Any]:
-    """An events-stream entry as hooks receive it: nulls restored, ``record`` (and ``clip``) parsed."""
+    """An events-stream entry as hooks receive it: nulls restored, ``record``, ``clip`` and ``meta``
+    parsed (None where the event does not carry them)."""
     event: dict[str, Any] = {k: (v if v != "" else None) for k, v in fields.items()}
-    event["record"] = codec.loads(fields["record"])
     event["at_ms"] = int(fields["at_ms"])
     event["progress"] = int(fields["progress"]) if fields.get("progress") else None
-    if fields.get("clip"):
-        event["clip"] = codec.loads(fields["clip"])
+    for name in ("record", "clip", "meta"):
+        event[name] = codec.loads(fields[name]) if fields.get(name) else None
     return event
+
+
+def event_data(event: Mapping[str, Any]) -> dict[str, Any]:
+    """What a webhook's ``data`` holds: the record of a terminal event, else what changed."""
+    if event.get("record") is not None:
+        data: dict[str, Any] = event["record"]
+        return data
+    keys = ("service", "id", "state", "progress", "clip", "meta")
+    return {k: event.get(k) for k in keys if k in ("service", "id", "state") or event.get(k) is not None}
 
 
 def _deliveries(
@@ -98,8 +120,9 @@ def build_events(
     fresh = iter(newly_succeeded(before.clips, after.clips))
     out: list[OutEvent] = []
     seq = 0
-    # a clip's success and the task's end come in one decision: their events carry one record
-    record_json = codec.dumps(after.to_dict()).decode() if events else ""
+    # the task's end carries its record, without the raw upstream answer (the stored record keeps it)
+    ends = any(e in RECORD_EVENTS for e in events)
+    record_json = codec.dumps({**after.to_dict(), "response": None}).decode() if ends else ""
     for event_type in events:
         fields = event_fields(event_type, after, now_ms, "evt_" + new_id(), record_json)
         if event_type is EventType.CLIP_SUCCEEDED:

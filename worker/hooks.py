@@ -11,16 +11,15 @@ import importlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from worker.delivery import PYTHON_PREFIX, WEBHOOK_PREFIX, Delivery, Try
 from worker.errors import ConfigError
+from worker.own_packages import shadowed_hook
 
 logger = logging.getLogger(__name__)
 
 Hook = Callable[[dict[str, Any]], Awaitable[None]]
-PYTHON_PREFIX = "python:"
-WEBHOOK_PREFIX = "webhook:"
 #: seconds before each retry of a failing Python hook (its length + 1 is the number of tries)
 HOOK_RETRY_S: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
 
@@ -34,6 +33,9 @@ def resolve_hook(name: str) -> Hook:
     module_name, sep, attr = name.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"hook {name!r} must be written as 'package.module:function'")
+    shadowed = shadowed_hook(module_name)
+    if shadowed is not None:
+        raise ConfigError(f"hook {name!r}: {shadowed}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -85,52 +87,24 @@ def destinations_by_event(
     return out
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What one delivery attempt came to."""
-
-    status: Literal["delivered", "retry", "dead", "missing"]
-    retry_in_s: float = 0.0
-    #: a 410 Gone: later deliveries to this URL are dead-lettered at once
-    disable_url: bool = False
-
-
-def record_attempt(body: dict[str, Any], now_ms: int, error: str | None, status: int | None = None) -> None:
-    """Append one attempt's result to a delivery body and count it (``tries`` restarts on replay)."""
-    body["attempts"].append({"at_ms": now_ms, "ok": error is None, "status": status, "error": error})
-    body["tries"] = body.get("tries", 0) + 1
-
-
-async def attempt(
-    hooks: Mapping[str, Hook],
-    body: dict[str, Any],
-    now_ms: int,
-    retry_s: Sequence[float] = HOOK_RETRY_S,
-    timeout_s: float | None = None,
-) -> Outcome:
-    """Call the hook named in ``body`` once (a call not done in ``timeout_s`` is a failed try);
-    update ``body`` with the attempt and its new status."""
-    hook = hooks.get(body["destination"])
-    error: str | None = None
+async def attempt(hooks: Mapping[str, Hook], delivery: Delivery, timeout_s: float | None = None) -> Try:
+    """Call the hook ``delivery`` names once with its event; a call not done in ``timeout_s`` is a
+    failed try, and so is a hook this worker does not have."""
+    hook = hooks.get(delivery.destination)
     if hook is None:
-        error = f"no hook {body['destination']!r} is configured in this worker"
-    else:
-        try:
-            await asyncio.wait_for(hook(body["event"]), timeout_s)
-        except TimeoutError:
-            error = f"timed out after {timeout_s:g} s"
-            logger.warning("hook %s timed out for event %s", body["destination"], body["event_id"])
-        except Exception as e:  # a user hook may raise anything; it must not stop the worker
-            error = f"{type(e).__name__}: {e}"
-            logger.warning("hook %s failed for event %s: %s", body["destination"], body["event_id"], error)
-    record_attempt(body, now_ms, error)
-    if error is None:
-        body["status"] = "delivered"
-        return Outcome("delivered")
-    tries = body["tries"]
-    if tries > len(retry_s):
-        body["status"] = "dead"
-        logger.error("hook %s gave up on event %s after %d tries", body["destination"], body["event_id"], tries)
-        return Outcome("dead")
-    body["status"] = "retrying"
-    return Outcome("retry", retry_s[tries - 1])
+        return Try(f"no hook {delivery.destination!r} is configured in this worker")
+    try:
+        await asyncio.wait_for(hook(delivery.event), timeout_s)
+    except TimeoutError:
+        logger.warning("hook %s timed out for event %s", delivery.destination, delivery.event_id)
+        return Try(f"timed out after {timeout_s:g} s")
+    except Exception as e:  # a user hook may raise anything; it must not stop the worker
+        error = f"{type(e).__name__}: {e}"
+        logger.warning("hook %s failed for event %s: %s", delivery.destination, delivery.event_id, error)
+        return Try(error)
+    return Try()
+
+
+def schedule_s(retry_s: Sequence[float]) -> tuple[float, ...]:
+    """A hook's retry delays as a delivery schedule: its first try at once, then ``retry_s``."""
+    return (0.0, *retry_s)

@@ -7,16 +7,9 @@ validated whole before anything is stored.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hmac
-import json
 import logging
+import math
 import re
-import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,104 +17,32 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from config import Settings
-from worker import metrics
-from worker.clock import Clock, system_clock
-from worker.connect import FULL_HINT, FULL_LOG, create_redis, is_full
-from worker.control import Control, collect_stats, live_workers
-from worker.errors import ConfigError, InvalidInput, StoreError
-from worker.hooks import destinations_by_event
+from worker import dashboard, metrics, sse, waiters
+from worker.cadence import first_poll_ms
+from worker.callbacks import ID_PLACES, callback_task_id, key_matches
+from worker.connect import create_redis
+from worker.control import collect_stats, decode_cursor, encode_cursor, live_workers
+from worker.errors import ConfigError, InvalidInput
+from worker.httpcore import API, MAX_BODY_BYTES, Api, ApiError, auth_middleware, errors_middleware, read_json
 from worker.intake import EnqueueRequest, build_request, check_id, check_service
 from worker.models import Record, TaskState
+from worker.parts import control_for, store_for
 from worker.redis_policy import eviction_problem
-from worker.store import Cursor, Store
+from worker.store import Cursor
+from worker.waiters import FOLLOWER, get_or_wait
 from worker.webhooks import screen
+
+__all__ = ["API", "Api", "ApiError", "api_from_settings", "create_app", "serve"]
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
 MAX_TASKS_PER_REQUEST = 1000
 DEFAULT_PAGE = 100
 LIMIT_RE = re.compile(r"[0-9]{1,7}")
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class Api:
-    """What the HTTP handlers need."""
-
-    store: Store
-    control: Control
-    services: Collection[str] = ()
-    #: configured token names; None when the API process is not told them (then any name is accepted)
-    tokens: Collection[str] | None = None
-    allow_hosts: Collection[str] = ()
-    deadline_s: float = 1800.0
-    first_poll_s: float = 3.0
-    http_token: str | None = None
-    clock: Clock = system_clock
-    openapi: bytes = field(default_factory=lambda: resources.files("worker").joinpath("openapi.json").read_bytes())
-
-
-API: web.AppKey[Api] = web.AppKey("api", Api)
-
-
-class ApiError(Exception):
-    """An error answer: HTTP status, code, message and (optionally) the offending field."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
-
-    def response(self, headers: Mapping[str, str] | None = None) -> web.Response:
-        """The JSON error body (``headers`` keeps e.g. a 405's ``Allow``)."""
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        return web.json_response({"error": body}, status=self.status, headers=headers)
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into a JSON error; log only what is ours to fix."""
-    try:
-        return await handler(request)
-    except ApiError as e:
-        return e.response()
-    except InvalidInput as e:
-        return ApiError(400, "invalid", e.message, e.field).response()
-    except (StoreError, RedisError) as e:
-        if is_full(e):
-            FULL_LOG.note(f"{request.method} {request.path}", e, time.monotonic())
-            return ApiError(503, "redis_full", FULL_HINT).response()
-        logger.warning("redis unavailable during %s %s: %s", request.method, request.path, e)
-        return ApiError(503, "unavailable", "redis is unavailable; try again shortly").response()
-    except web.HTTPRequestEntityTooLarge:
-        return ApiError(413, "too_large", f"request body is over {MAX_BODY_BYTES} bytes").response()
-    except web.HTTPException as e:
-        kept = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
-        return ApiError(e.status, e.reason.lower().replace(" ", "_"), e.reason).response(kept)
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With ``ACETRACK_HTTP_TOKEN`` set, every route but health checks needs the bearer token."""
-    token = request.app[API].http_token
-    if token and request.path not in OPEN_PATHS:
-        # surrogateescape: a header with stray non-UTF-8 bytes is simply wrong, never a crash
-        given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
-        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-            raise ApiError(401, "unauthorized", "send 'authorization: Bearer <ACETRACK_HTTP_TOKEN>'")
-    return await handler(request)
-
-
-async def _json(request: web.Request) -> Any:
-    try:
-        return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints over Python's digit limit
-        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {e}") from e
-    except RecursionError as e:
-        raise ApiError(400, "invalid_json", "request body is nested too deeply") from e
+#: ``GET /tasks/{service}/{id}?wait_s=N``: at most this long (a longer wait belongs in a webhook)
+MAX_WAIT_S = 60.0
+#: ``GET /tasks?q=TEXT``: the text searched for in ids and meta, 1 to this many characters
+MAX_Q_CHARS = 200
 
 
 def _path_task(request: web.Request) -> tuple[str, str]:
@@ -154,7 +75,7 @@ def _parse_item(item: Any, where: str, api: Api) -> EnqueueRequest:
 
 async def post_tasks(request: web.Request) -> web.Response:
     """``POST /tasks``: one task or a list; all validated before any is stored; 202."""
-    api, body = request.app[API], await _json(request)
+    api, body = request.app[API], await read_json(request)
     items = body if isinstance(body, list) else [body]
     if len(items) > MAX_TASKS_PER_REQUEST:
         raise ApiError(413, "too_many", f"{len(items)} tasks in one request; send at most {MAX_TASKS_PER_REQUEST}")
@@ -169,19 +90,39 @@ async def post_tasks(request: web.Request) -> web.Response:
                 raise ApiError(400, "invalid", e.message, f"tasks[{n}].callback_url") from e
     stored, duplicates = [], []
     for req in requests:
-        created, record = await api.store.register(
-            req, api.clock(), deadline_s=api.deadline_s, first_poll_s=api.first_poll_s
-        )
+        now_ms = api.clock()
+        first_due_ms = first_poll_ms(now_ms, api.first_poll_s)
+        created, record = await api.store.register(req, now_ms, deadline_s=api.deadline_s, first_due_ms=first_due_ms)
         stored.append(record.to_dict())
         if not created:
             duplicates.append({"service": req.service, "id": req.id})
     return web.json_response({"tasks": stored, "duplicates": duplicates}, status=202)
 
 
+def _wait_s(request: web.Request) -> float | None:
+    text = request.query.get("wait_s")
+    if text is None:
+        return None
+    try:
+        wait_s = float(text)
+    except ValueError:
+        wait_s = math.nan
+    if not 0 < wait_s <= MAX_WAIT_S:  # NaN fails this too
+        message = f"wait_s must be a number of seconds, over 0 and at most {MAX_WAIT_S:g}"
+        raise ApiError(400, "invalid", message, "wait_s")
+    return wait_s
+
+
 async def get_task(request: web.Request) -> web.Response:
-    """``GET /tasks/{service}/{id}``."""
+    """``GET /tasks/{service}/{id}[?wait_s=N]``: with ``wait_s``, answer once the task is terminal or
+    after N seconds with the record as it is then (200 either way: the state tells)."""
     service, task_id = _path_task(request)
-    record = await request.app[API].store.get(service, task_id)
+    wait_s, store = _wait_s(request), request.app[API].store
+    if wait_s is None:
+        record = await store.get(service, task_id)
+    else:
+        wait_s = min(wait_s, request.app[API].max_wait_s)
+        record = await get_or_wait(request.app[FOLLOWER], store, service, task_id, wait_s)
     if record is None:
         raise ApiError(404, "not_found", f"task {service}/{task_id} is not tracked")
     return web.json_response(record.to_dict())
@@ -189,7 +130,7 @@ async def get_task(request: web.Request) -> web.Response:
 
 async def lookup(request: web.Request) -> web.Response:
     """``POST /tasks/lookup`` with ``{"tasks": [{"service", "id"}, ...]}``: found records and missing pairs."""
-    body = await _json(request)
+    body = await read_json(request)
     pairs = body.get("tasks") if isinstance(body, dict) else None
     if not isinstance(pairs, list) or len(pairs) > MAX_TASKS_PER_REQUEST:
         raise ApiError(
@@ -211,21 +152,8 @@ async def lookup(request: web.Request) -> web.Response:
     return web.json_response({"tasks": [r.to_dict() for r in records if r], "missing": missing})
 
 
-def _encode_cursor(cursor: Cursor | None) -> str | None:
-    return None if cursor is None else base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode()
-
-
 def _decode_cursor(text: str | None, state: TaskState | None) -> Cursor | None:
-    if not text:
-        return None
-    try:
-        cursor_state, score, member = json.loads(base64.urlsafe_b64decode(text.encode()))
-        cursor = (TaskState(cursor_state).value, int(score), str(member))
-    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error) as e:
-        raise ApiError(400, "invalid", "cursor is not one this API returned; start again without it", "cursor") from e
-    if state is not None and cursor[0] != state.value:
-        raise ApiError(400, "invalid", "cursor belongs to another listing; start again without it", "cursor")
-    return cursor
+    return decode_cursor(text, state) if text else None
 
 
 def _list_params(request: web.Request) -> tuple[str | None, TaskState | None, int]:
@@ -244,12 +172,33 @@ def _list_params(request: web.Request) -> tuple[str | None, TaskState | None, in
     return service, state, limit
 
 
+def _search_text(request: web.Request) -> str | None:
+    text = request.query.get("q")
+    if text is not None and not 1 <= len(text) <= MAX_Q_CHARS:
+        raise ApiError(400, "invalid", f"q must be 1 to {MAX_Q_CHARS} characters of text to search for", "q")
+    return text
+
+
 async def list_tasks(request: web.Request) -> web.Response:
-    """``GET /tasks?state=&service=&limit=&cursor=``: oldest first, ``next_cursor`` until the end."""
+    """``GET /tasks?state=&service=&limit=&cursor=&q=``: oldest first, ``next_cursor`` until the end.
+
+    With ``q``, only tasks whose id or meta JSON contains it (case-insensitive), and how many tasks
+    were examined (``scanned``); ``scan_bound`` says the per-request scan bound, not ``limit`` or
+    the end, stopped the page: ``next_cursor`` goes on from there.
+    """
     service, state, limit = _list_params(request)
+    text = _search_text(request)
     after = _decode_cursor(request.query.get("cursor"), state)
-    records, next_cursor = await request.app[API].store.list_page(service, state, limit, after)
-    return web.json_response({"tasks": [r.to_dict() for r in records], "next_cursor": _encode_cursor(next_cursor)})
+    store = request.app[API].store
+    if text is None:
+        records, next_cursor = await store.list_page(service, state, limit, after)
+        extra: dict[str, Any] = {}
+    else:
+        found = await store.search_page(service, state, text, limit, after)
+        records, next_cursor = found.records, found.next_cursor
+        extra = {"scanned": found.scanned, "scan_bound": found.bounded}
+    cursor = encode_cursor(next_cursor) if next_cursor else None
+    return web.json_response({"tasks": [r.to_dict() for r in records], "next_cursor": cursor, **extra})
 
 
 async def cancel_task(request: web.Request) -> web.Response:
@@ -343,6 +292,7 @@ def create_app(api: Api) -> web.Application:
     """The aiohttp application over ready dependencies."""
     app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES)
     app[API] = api
+    waiters.setup(app)
     app.router.add_post("/tasks", post_tasks)
     app.router.add_get("/tasks", list_tasks)
     app.router.add_post("/tasks/lookup", lookup)
@@ -356,21 +306,39 @@ def create_app(api: Api) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_route)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/callbacks/{service}", upstream_callback)
+    sse.add_routes(app)
+    dashboard.add_routes(app)
     return app
 
 
-def control_from_settings(settings: Settings, store: Store) -> Control:
-    """Cancel/reopen with the same hook destinations a worker uses."""
-    destinations = destinations_by_event(
-        settings.hooks, settings.hook_events, settings.webhook_urls, settings.webhook_events
-    )
-    return Control(store, destinations, frozenset(settings.webhook_events), settings.deadline_s, settings.first_poll_s)
+async def upstream_callback(request: web.Request) -> web.Response:
+    """The upstream called back: make the task it names due now (``callbacks``); 202 at once."""
+    api = request.app[API]
+    if not key_matches(request.query.get("key"), api.callback_key):
+        raise web.HTTPNotFound()  # answered as a route that does not exist: the key cannot be probed
+    service = request.match_info["service"]
+    task_id = callback_task_id(await read_json(request))
+    try:
+        check_service(service, api.services)
+        if task_id is None:
+            raise InvalidInput("id", f"the callback body names no task (looked at {ID_PLACES})")
+        check_id(task_id)
+    except InvalidInput as e:
+        raise ApiError(400, "invalid", e.message, e.field) from e
+    now_ms = api.clock()
+    hint = await api.store.hint(service, task_id, now_ms)
+    if hint == "untracked" and api.callback_enqueue:
+        req = EnqueueRequest(service, task_id)
+        await api.store.register(req, now_ms, deadline_s=api.deadline_s, first_due_ms=now_ms)
+        hint = "enqueued"
+    return web.json_response({"service": service, "id": task_id, "hint": hint}, status=202)
 
 
 def api_from_settings(settings: Settings, redis: aioredis.Redis) -> Api:
     """The API's dependencies from the settings and a ready ``decode_responses`` client."""
-    store = Store(redis, settings.key_prefix, retention_s=settings.retention_s, events_maxlen=settings.events_maxlen)
-    control = control_from_settings(settings, store)
+    store = store_for(settings, redis)
+    control = control_for(settings, store)
     token = settings.http_token.get_secret_value() if settings.http_token else None
     return Api(
         store,
@@ -381,6 +349,9 @@ def api_from_settings(settings: Settings, redis: aioredis.Redis) -> Api:
         deadline_s=settings.deadline_s,
         first_poll_s=settings.first_poll_s,
         http_token=token or None,
+        callback_key=settings.callback_key.get_secret_value() if settings.callback_key else None,
+        callback_enqueue=settings.callback_enqueue,
+        rate_limit_rps=settings.rate_limit_rps,
     )
 
 

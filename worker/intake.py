@@ -6,11 +6,12 @@ import json
 import math
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from worker.errors import InvalidInput
+from worker.models import DEFAULT_TOKEN as DEFAULT_TOKEN  # re-exported: the intake contract's names
+from worker.models import EnqueueRequest as EnqueueRequest
 
 SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -18,20 +19,6 @@ FIELDS = frozenset({"service", "id", "callback_url", "deadline_s", "token", "met
 MAX_URL_CHARS = 2048
 MAX_META_BYTES = 4096
 MAX_DEADLINE_S = 604_800.0
-DEFAULT_TOKEN = "default"
-
-
-@dataclass(frozen=True)
-class EnqueueRequest:
-    """One validated request to track ``(service, id)``."""
-
-    service: str
-    id: str
-    callback_url: str | None = None
-    deadline_s: float | None = None
-    token: str = DEFAULT_TOKEN
-    meta: dict[str, Any] | None = None
-    reopen: bool = False
 
 
 def check_service(service: Any, allowed: Collection[str] = ()) -> str:

@@ -26,8 +26,9 @@ from worker import codec, deliver
 from worker import hooks as hooks_mod
 from worker.clock import Clock, system_clock
 from worker.connect import FULL_LOG, arq_settings, is_full
+from worker.parts import Parts
 from worker.queue import DELIVER_JOB, MAX_JOBS, POLL_JOB
-from worker.runtime import Parts, Runtime, runtime_of
+from worker.runtime import Runtime, runtime_of
 from worker.startup import WorkerPlan, check_worker
 from worker.store import arq_queue_name
 

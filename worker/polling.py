@@ -6,14 +6,15 @@ Engine-neutral: the job wiring (``jobs``) calls ``poll_batch``; nothing here kno
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from worker import classify, metrics
+from worker import cadence, metrics
 from worker.api import UpstreamClient
-from worker.classify import Policy
+from worker.cadence import Policy
 from worker.clock import Clock
 from worker.errors import (
     ConfigError,
@@ -24,9 +25,10 @@ from worker.errors import (
     UpstreamTooLarge,
     UpstreamUnavailable,
 )
-from worker.events import build_events
-from worker.models import EventType, OutEvent, Reason, Record, TaskState, UpstreamTask
-from worker.store import PendingTask, ScriptCall, Store, next_sched
+from worker.models import Reason, Record
+from worker.plan import BatchPlan, PlanContext, plan_batch, plan_failure
+from worker.store import PendingTask, Store
+from worker.wire import UpstreamTask
 
 logger = logging.getLogger(__name__)
 
@@ -39,66 +41,6 @@ BACKOFF_CAP_S = 60.0
 LEARN_EVERY_S = 5.0
 
 
-#: failures that end a task on the upstream's own schedule (they teach how early a task can end)
-NATURAL_FAILURES = frozenset({Reason.UPSTREAM_ERROR})
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One task's poll: the task as loaded, the decision, and its stage marks after."""
-
-    task: PendingTask
-    decision: classify.Decision
-    marks: tuple[classify.Mark | None, ...]
-    #: ``classify.fingerprint`` of the upstream answer ('' when the id was left out)
-    answer: str = ""
-
-    @property
-    def before(self) -> Record:
-        """The record before this poll."""
-        return self.task.record
-
-    @property
-    def unchanged(self) -> bool:
-        """Still pending with nothing a reader sees changed: only the poll count and schedule move."""
-        after = self.decision.record
-        return (
-            not self.decision.terminal
-            and not self.decision.events
-            and after.clips == self.before.clips
-            and after.progress == self.before.progress
-        )
-
-    def next_poll_ms(self, now_ms: int) -> int:
-        """When to poll it next (now, if the decision did not say)."""
-        return self.decision.next_poll_ms if self.decision.next_poll_ms is not None else now_ms
-
-    def sched(self, now_ms: int) -> str:
-        """The task's scheduling fields after this poll."""
-        decision = self.decision
-        return next_sched(
-            self.task, decision.record.attempts, now_ms, decision.missing_since_ms, self.marks, self.answer
-        )
-
-    def sample(self, now_ms: int) -> classify.Sample | None:
-        """What a finished task teaches the schedule; None for an ending that says nothing of lifetimes."""
-        record = self.decision.record
-        if record.reason is not None and record.reason not in NATURAL_FAILURES:
-            return None
-        ok = record.state is TaskState.SUCCEEDED
-        return classify.Sample((now_ms - self.task.enqueued_at_ms) / 1000, ok, self.marks)
-
-
-@dataclass(slots=True)
-class Repeat:
-    """A poll whose answer repeated the last one: only its schedule moves (no record is decoded).
-    Not frozen: most ids of a poll end as one, and a frozen dataclass is built several times slower."""
-
-    task_id: str
-    next_poll_ms: int
-    sched: str
-
-
 @dataclass
 class Poller:
     """What a batch poll needs, built once per worker process."""
@@ -108,17 +50,23 @@ class Poller:
     clock: Clock
     policy: Policy
     rate_limit_rps: float
+    #: ids per request (``ACETRACK_BATCH_SIZE``)
+    batch_size: int = 50
     destinations: Mapping[str, Sequence[str]] = field(default_factory=dict)
     callback_events: frozenset[str] = frozenset()
-    rng: classify.Rng = random.random
+    rng: cadence.Rng = random.random
     paused_tokens: set[str] = field(default_factory=set)
+    #: the p95 detection latency polls aim at (``ACETRACK_TARGET_P95_S``; None: ``policy.poll_s`` as set)
+    target_p95_s: float | None = None
+    #: where the interval in effect per service is shared with the claim loop (its coalesce window)
+    pace: cadence.Pace | None = None
     #: called with the queue and the soonest due time each batch's write scheduled (the claim loop's
     #: ``expect``)
     on_schedule: Callable[[str, str, int], None] | None = None
     #: called when a batch's write queued hook deliveries (wakes the outbox loop)
     on_deliveries: Callable[[], None] | None = None
     #: what each service's finished tasks teach, with when it was read (ms)
-    _learned: dict[str, tuple[int, classify.Lifetimes]] = field(default_factory=dict)
+    _learned: dict[str, tuple[int, cadence.Lifetimes]] = field(default_factory=dict)
 
     async def poll_batch(
         self,
@@ -184,152 +132,64 @@ class Poller:
     ) -> int:
         """Decide every pending task from what the upstream said and write the outcomes back at once
         (the request went through, so the service's past failures are forgotten in that write)."""
+        ctx = await self._context(service)
+        plan = plan_batch(pending, found, ctx)
+        metrics.OBSERVATIONS.labels(service).inc(len(pending))
+        return await self._write(service, token, plan, claim_id, ctx.now_ms, answered=True)
+
+    async def _context(self, service: str) -> PlanContext:
         now_ms = self.clock()
         lifetimes = await self._lifetimes(service, now_ms)
-        outcomes = [
-            self._decide(task_id, task, found.get(task_id), now_ms, lifetimes) for task_id, task in pending.items()
-        ]
-        return await self._write(service, token, outcomes, claim_id, now_ms, answered=True)
+        policy = cadence.with_target(self.policy, self.target_p95_s, lifetimes.late_ratio_p95)
+        if self.pace is not None:
+            self.pace.interval_s[service] = policy.poll_s
+        demand = cadence.polling_demand(lifetimes.pending, policy, self.batch_size, self.rate_limit_rps)
+        policy = cadence.with_callbacks(policy, lifetimes.callback_share, demand)
+        return PlanContext(now_ms, policy, lifetimes, self.rng, self.destinations, self.callback_events)
 
-    async def _lifetimes(self, service: str, now_ms: int) -> classify.Lifetimes:
+    async def _lifetimes(self, service: str, now_ms: int) -> cadence.Lifetimes:
         # a batch every few ms need not re-read and re-sort 200 samples (a Redis round trip and ~1 ms of
         # CPU): lifetimes of tens of seconds are learned well enough from samples a few seconds old
-        read_ms, learned = self._learned.get(service, (0, classify.Lifetimes()))
+        read_ms, learned = self._learned.get(service, (0, cadence.Lifetimes()))
         if now_ms - read_ms >= LEARN_EVERY_S * 1000 or now_ms < read_ms:
-            learned = classify.lifetimes_from(await self.store.lifetime_samples(service))
+            now = await self.store.learning(service)
+            share = cadence.callback_share(now.finished, now.called)
+            learned = dataclasses.replace(
+                cadence.lifetimes_from(now.samples), callback_share=share, pending=now.pending
+            )
             self._learned[service] = (now_ms, learned)
         return learned
 
-    def _decide(
-        self,
-        task_id: str,
-        task: PendingTask,
-        upstream: UpstreamTask | None,
-        now_ms: int,
-        lifetimes: classify.Lifetimes,
-    ) -> Outcome | Repeat:
-        enqueued_ms = task.enqueued_at_ms
-        before_ms = (task.polled_ms or enqueued_ms) - enqueued_ms
-        if task.missing_since_ms is not None:
-            # the polls since the upstream last answered for it saw nothing: the last stage seen bounds it
-            before_ms = max((mark[1] for mark in task.marks if mark), default=0)
-        age_ms = now_ms - enqueued_ms
-        answer = classify.fingerprint(upstream) if upstream is not None else ""
-        if answer and answer == task.answer and now_ms < task.deadline_at_ms:
-            # the upstream said just what it said last time: the same record, no event, no verdict
-            stage = classify.reached_stage(task.marks)
-            marks = classify.advance_marks(task.marks, stage, before_ms, age_ms)
-            next_ms = classify.schedule_ms(
-                now_ms,
-                enqueued_ms,
-                task.deadline_at_ms,
-                self.policy,
-                usual_s=lifetimes.usual_s,
-                earliest_s=lifetimes.earliest_for(marks),
-                stage=stage,
-                rng=self.rng,
-            )
-            attempts = (task.attempts or 0) + 1
-            return Repeat(task_id, next_ms, next_sched(task, attempts, now_ms, None, marks, answer))
-        stage = classify.observed_stage(upstream)
-        # an id the upstream left out of this answer shows no stage
-        marks = task.marks if upstream is None else classify.advance_marks(task.marks, stage, before_ms, age_ms)
-        decision = classify.decide(
-            upstream,
-            task.record,
-            now_ms,
-            deadline_at_ms=task.deadline_at_ms,
-            missing_since_ms=task.missing_since_ms,
-            policy=self.policy,
-            usual_lifetime_s=lifetimes.usual_s,
-            earliest_lifetime_s=lifetimes.earliest_for(marks),
-            seen=task.seen,
-            misses=task.misses,
-            rng=self.rng,
-            stage=stage,
-        )
-        return Outcome(task, decision, marks, answer)
-
     async def _write(
-        self,
-        service: str,
-        token: str,
-        outcomes: Sequence[Outcome | Repeat],
-        claim_id: str,
-        now_ms: int,
-        *,
-        answered: bool = False,
+        self, service: str, token: str, plan: BatchPlan, claim_id: str, now_ms: int, *, answered: bool = False
     ) -> int:
-        changed: list[Outcome] = []
-        touched: list[tuple[str, int, str]] = []
-        for outcome in outcomes:
-            if isinstance(outcome, Repeat):
-                touched.append((outcome.task_id, outcome.next_poll_ms, outcome.sched))
-            elif outcome.unchanged:
-                touched.append((outcome.before.id, outcome.next_poll_ms(now_ms), outcome.sched(now_ms)))
-            else:
-                changed.append(outcome)
-        events = [self._events(outcome, now_ms) for outcome in changed]
-        calls = [self._call(outcome, out, claim_id, now_ms) for outcome, out in zip(changed, events, strict=True)]
-        if touched:
-            calls.append(self.store.touch_call(service, token, claim_id, touched))
-        written = await self.store.run_calls(calls, clear_backoff=(service, token) if answered else None)
-        metrics.OBSERVATIONS.labels(service).inc(len(outcomes))
-        self._expect(service, token, touched, changed, now_ms)
-        if self.on_deliveries is not None and any(e.deliveries for out in events for e in out):
+        store = self.store
+        calls = [
+            store.update_call(u.record, claim_id, now_ms, next_due_ms=u.next_due_ms, sched=u.sched, events=u.events)
+            for u in plan.updates
+        ]
+        calls += [store.finish_call(f.record, now_ms, f.events, sample=f.sample) for f in plan.finishes]
+        if plan.touched:
+            calls.append(store.touch_call(service, token, claim_id, plan.touched))
+        written = await store.run_calls(calls, clear_backoff=(service, token) if answered else None)
+        soonest_ms = plan.soonest_due_ms
+        if self.on_schedule is not None and soonest_ms is not None:
+            # the claim loop learns when the soonest of these falls due again, without a round trip
+            self.on_schedule(service, token, soonest_ms)
+        if self.on_deliveries is not None and plan.has_deliveries:
             self.on_deliveries()
         finished = 0
-        for outcome, wrote in zip(changed, written, strict=False):
-            if outcome.decision.terminal and wrote:
-                _count_terminal(outcome.decision.record, now_ms)
+        for finish, wrote in zip(plan.finishes, written[len(plan.updates) :], strict=False):
+            if wrote:
+                _count_terminal(finish.record, now_ms)
                 finished += 1
         return finished
-
-    def _expect(
-        self,
-        service: str,
-        token: str,
-        touched: Sequence[tuple[str, int, str]],
-        changed: Sequence[Outcome],
-        now_ms: int,
-    ) -> None:
-        # tell the claim loop when the soonest of these falls due again, so it need not poll to find out
-        if self.on_schedule is None:
-            return
-        dues = [due_ms for _, due_ms, _ in touched]
-        dues += [o.next_poll_ms(now_ms) for o in changed if not o.decision.terminal]
-        if dues:
-            self.on_schedule(service, token, min(dues))
-
-    def _events(self, outcome: Outcome, now_ms: int) -> list[OutEvent]:
-        decision = outcome.decision
-        return build_events(
-            decision.events,
-            outcome.before,
-            decision.record,
-            now_ms,
-            self.destinations,
-            callback_events=self.callback_events,
-        )
-
-    def _call(self, outcome: Outcome, events: list[OutEvent], claim_id: str, now_ms: int) -> ScriptCall:
-        decision = outcome.decision
-        if decision.terminal:
-            return self.store.finish_call(decision.record, now_ms, events, sample=outcome.sample(now_ms))
-        return self.store.update_call(
-            decision.record,
-            claim_id,
-            now_ms,
-            next_due_ms=outcome.next_poll_ms(now_ms),
-            sched=outcome.sched(now_ms),
-            events=events,
-        )
 
     async def _back_off(
         self, service: str, token: str, claim_id: str, ids: list[str], error: UpstreamUnavailable
     ) -> None:
         failures = await self.store.backoff_failures(service, token)
-        delay_s = classify.backoff_s(failures, BACKOFF_BASE_S, BACKOFF_CAP_S, error.retry_after_s, self.rng)
+        delay_s = cadence.backoff_s(failures, BACKOFF_BASE_S, BACKOFF_CAP_S, error.retry_after_s, self.rng)
         until_ms = self.clock() + int(delay_s * 1000)
         await self.store.back_off(service, token, until_ms)
         metrics.BACKOFFS.labels(service).inc()
@@ -374,19 +234,11 @@ class Poller:
     async def _fail_all(
         self, pending: Mapping[str, PendingTask], reason: Reason, error: UpstreamRejected | ConfigError
     ) -> int:
-        now_ms = self.clock()
-        code = (error.code or str(error.status)) if isinstance(error, UpstreamRejected) else "unknown_token"
-        detail: dict[str, str | None] = {"code": code, "message": str(error)}
-        outcomes = [
-            Outcome(
-                task,
-                classify.Decision(classify.fail(task.record, reason, now_ms, detail), [EventType.TASK_FAILED]),
-                task.marks,
-            )
-            for task in pending.values()
-        ]
         first = next(iter(pending.values())).record  # decoded above already
-        finished = await self._write(first.service, first.token, outcomes, "", now_ms)
+        ctx = await self._context(first.service)
+        code = (error.code or str(error.status)) if isinstance(error, UpstreamRejected) else "unknown_token"
+        plan = plan_failure(pending, reason, {"code": code, "message": str(error)}, ctx)
+        finished = await self._write(first.service, first.token, plan, "", ctx.now_ms)
         logger.warning("%d task(s) failed with reason %s: %s", finished, reason.value, error)
         return finished
 

@@ -6,8 +6,10 @@ A Redis that is not up yet is waited for, a line per try; a user that may not ru
 ``INFO`` is named at once. If Redis goes away while it runs, arq's worker ends with the connection
 error: this drops that worker (its jobs cancelled: polls give their claims back once Redis is back,
 or their leases do), waits for Redis, and starts a fresh arq worker over the same pool and runtime
-(its start-up hook builds nothing twice). SIGINT and SIGTERM stop it: claim nothing more, cancel
-running jobs (polls give their claims back), then arq's ``close``.
+(its start-up hook builds nothing twice). A full Redis ends arq's main loop too (its cron job's
+enqueue and its health key are writes it does not catch): the same, once Redis takes writes again.
+SIGINT and SIGTERM stop it: claim nothing more, cancel running jobs (polls give their claims back),
+then arq's ``close``.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ from worker.connect import (
     arq_settings,
     create_redis,
     describe,
+    is_full,
     permission_hint,
     wait_for_redis,
+    wait_for_room,
 )
 from worker.errors import ConfigError
 from worker.runtime import runtime_of
 from worker.startup import check_worker
+from worker.store import Keys
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,8 +77,10 @@ async def check_redis_permissions(client: aioredis.Redis) -> None:
 class Supervisor:
     """Runs arq workers over one pool until stopped, a fresh one after each Redis outage."""
 
-    def __init__(self, kwargs: dict[str, Any], store_redis: aioredis.Redis, url: str, stop: asyncio.Event) -> None:
-        self.kwargs, self.store_redis, self.url, self.stop = kwargs, store_redis, url, stop
+    def __init__(
+        self, kwargs: dict[str, Any], store_redis: aioredis.Redis, url: str, stop: asyncio.Event, keys: Keys
+    ) -> None:
+        self.kwargs, self.store_redis, self.url, self.stop, self.keys = kwargs, store_redis, url, stop, keys
         self.pool: ArqRedis | None = None
         self.worker: Worker | None = None
 
@@ -97,6 +104,11 @@ class Supervisor:
                 logger.warning("lost Redis at %s (%s): waiting for it, then resuming", describe(self.url), e)
                 await self._drop_worker()
                 await _unless_stopped(self.stop, wait_for_redis(self.store_redis, self.url))
+            except Exception as e:
+                if not is_full(e):
+                    raise
+                await self._drop_worker()  # wait_for_room logs it, once a minute
+                await _unless_stopped(self.stop, wait_for_room(self.store_redis, self.keys.write_probe_key))
 
     async def _drop_worker(self) -> None:
         """Cancel the jobs of a worker whose main loop ended (their claims are given back or lease out)."""
@@ -137,7 +149,11 @@ async def run_worker(settings: Settings) -> None:
         await _unless_stopped(stop, wait_for_redis(store_redis, url))
         await check_redis_permissions(store_redis)
         supervisor = Supervisor(
-            jobs.worker_settings(settings, plan=plan, store_redis=store_redis), store_redis, url, stop
+            jobs.worker_settings(settings, plan=plan, store_redis=store_redis),
+            store_redis,
+            url,
+            stop,
+            Keys(settings.key_prefix),
         )
         await supervisor.run()
     except Stopped:

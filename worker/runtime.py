@@ -1,8 +1,8 @@
 """A worker process's parts, built once when its arq worker starts: the composition root of a worker.
 
-arq calls ``on_startup`` with its connected pool in ``ctx["redis"]``; ``Runtime.start`` builds
-the store, the upstream client (one ``aiohttp.ClientSession``), the poller and the scheduler from
-the checked ``WorkerPlan``, each given its collaborators, and starts the scheduler's loops. The
+arq calls ``on_startup`` with its connected pool in ``ctx["redis"]``; ``Runtime.start`` has the
+composition root (``parts.worker_parts``) build the store, the upstream client, the poller and the
+scheduler from the checked ``WorkerPlan``, and starts the scheduler's loops. The
 poll and delivery jobs find the parts in ``ctx["acetrack"]``.
 """
 
@@ -16,41 +16,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 from arq.connections import ArqRedis
 
 from config import Settings
 from worker import hooks as hooks_mod
-from worker import metrics, webhooks
-from worker.api import UpstreamClient
-from worker.classify import Policy
+from worker import metrics
 from worker.clock import Clock
 from worker.connect import create_redis
 from worker.errors import ConfigError
-from worker.polling import Poller
+from worker.parts import Parts, worker_parts
 from worker.queue import ArqJobQueue
-from worker.scheduler import Cadence, Scheduler
+from worker.scheduler import Scheduler
 from worker.startup import WorkerPlan, describe_worker
-from worker.store import Store
 
 logger = logging.getLogger(__name__)
 
 #: how long a worker stopping on a signal under arq's CLI lets its running jobs end
 STOP_GRACE_S = 20.0
-
-
-@dataclass
-class Parts:
-    """What the jobs of one worker process share."""
-
-    store: Store
-    session: aiohttp.ClientSession
-    poller: Poller
-    scheduler: Scheduler
-    queue: ArqJobQueue
-    webhook_config: webhooks.WebhookConfig
 
 
 @dataclass
@@ -162,7 +146,8 @@ class Runtime:
         if parts is not None:
             await parts.scheduler.stop()
             await parts.session.close()
-            logger.info("worker %s stopped: %s", parts.scheduler.worker_id, parts.scheduler.counters)
+            counts = ", ".join(f"{n} {what}" for what, n in parts.scheduler.counters.items())
+            logger.info("worker %s stopped: %s", parts.scheduler.worker_id, counts)
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
             self.metrics_runner = None
@@ -171,56 +156,12 @@ class Runtime:
             self.store_redis = None
 
     def _build(self, pool: ArqRedis, queue_name: str) -> Parts:
-        s, plan = self.settings, self.plan
         if self.store_redis is None:
-            if plan.redis_url is None:
+            if self.plan.redis_url is None:
                 raise RuntimeError("a worker handed no Redis URL needs its store client handed in too")
-            self.store_redis, self.owns_store_redis = create_redis(plan.redis_url), True
-        store = Store(self.store_redis, s.key_prefix, retention_s=s.retention_s, events_maxlen=s.events_maxlen)
-        session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=s.api_timeout_s, connect=min(10.0, s.api_timeout_s))
-        )
-        queue = ArqJobQueue(pool, queue_name, lease_ms=int(s.lease_s * 1000))
-        paused_tokens: set[str] = set()  # the poller pauses a token on a 401; the heartbeat tells
-        scheduler = Scheduler(
-            store,
-            queue,
-            self.clock,
-            _cadence(s),
-            services=s.services,
-            tokens=plan.tokens.keys(),
-            allow_hosts=frozenset(s.webhook_allow_hosts),
-            heartbeat_info=lambda: {"ready": not paused_tokens, "paused_tokens": sorted(paused_tokens)},
-        )
-        poller = Poller(
-            store,
-            UpstreamClient(session, s.api_base_url, plan.tokens),
-            self.clock,
-            Policy(poll_s=s.poll_s, max_poll_s=s.max_poll_s, not_found_grace_s=s.not_found_grace_s),
-            s.rate_limit_rps,
-            hooks_mod.destinations_by_event(s.hooks, s.hook_events, s.webhook_urls, s.webhook_events),
-            callback_events=frozenset(s.webhook_events),
-            paused_tokens=paused_tokens,
-            on_schedule=scheduler.expect,
-            on_deliveries=lambda: scheduler.nudge("outbox"),
-        )
-        config = webhooks.WebhookConfig(
-            plan.webhook_secret, tuple(s.webhook_schedule_s), frozenset(s.webhook_allow_hosts)
-        )
-        return Parts(store, session, poller, scheduler, queue, config)
-
-
-def _cadence(s: Settings) -> Cadence:
-    return Cadence(
-        batch_size=s.batch_size,
-        coalesce_ms=int(s.coalesce_s * 1000),
-        lease_ms=int(s.lease_s * 1000),
-        rate_limit_rps=s.rate_limit_rps,
-        deadline_s=s.deadline_s,
-        first_poll_s=s.first_poll_s,
-        min_repoll_ms=int(s.poll_s * 1000 / 4),
-        claim_idle_ms=Cadence.idle_ms_for(s.first_poll_s),
-    )
+            self.store_redis, self.owns_store_redis = create_redis(self.plan.redis_url), True
+        queue = ArqJobQueue(pool, queue_name, lease_ms=int(self.settings.lease_s * 1000))
+        return worker_parts(self.settings, self.plan, self.store_redis, queue, self.clock)
 
 
 def runtime_of(ctx: dict[str, Any]) -> Runtime:

@@ -9,6 +9,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from worker.cadence import first_poll_ms
 from worker.clock import Clock, system_clock
 from worker.connect import create_redis
 from worker.intake import build_request
@@ -88,8 +89,9 @@ class Tracker:
         req = build_request({k: v for k, v in fields.items() if v is not None}, services=self.services)
         if req.callback_url:
             await screen(req.callback_url, self.allow_hosts)
+        now_ms = self.clock()
         _, record = await self.store.register(
-            req, self.clock(), deadline_s=self.deadline_s, first_poll_s=self.first_poll_s
+            req, now_ms, deadline_s=self.deadline_s, first_due_ms=first_poll_ms(now_ms, self.first_poll_s)
         )
         return record
 
@@ -117,7 +119,8 @@ class Tracker:
             while not record.terminal:
                 for entry_id, fields in await self.store.read_events(after_id, WAIT_BLOCK_MS):
                     after_id = entry_id
-                    if fields.get("service") == service and fields.get("id") == task_id:
+                    # only a task's end carries its record (``events.RECORD_EVENTS``)
+                    if fields.get("service") == service and fields.get("id") == task_id and fields.get("record"):
                         record = Record.from_dict(json.loads(fields["record"]))
                         if record.terminal:
                             break

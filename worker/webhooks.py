@@ -10,7 +10,6 @@ import asyncio
 import ipaddress
 import json
 import logging
-import random
 import socket
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -22,15 +21,13 @@ import aiohttp
 from standardwebhooks import Webhook
 
 from worker.api import parse_retry_after
+from worker.delivery import Delivery, Try
 from worker.errors import InvalidInput
-from worker.hooks import WEBHOOK_PREFIX, Outcome, record_attempt
+from worker.events import event_data
 
 logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 15.0
-#: a Retry-After longer than this is not honoured as is
-MAX_RETRY_AFTER_S = 86_400.0
-JITTER = 0.1
 #: a worker without the webhook secret hands a delivery back for this long, for a worker that has it
 NO_SECRET_RETRY_S = 60.0
 
@@ -51,10 +48,25 @@ async def system_resolver(host: str) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-async def screen(url: str, allow_hosts: Collection[str], resolver: Resolver = system_resolver) -> None:
+class Unresolvable(InvalidInput):
+    """A webhook host that does not resolve (now): refused at enqueue, but at delivery a failed try
+    retried on the schedule like any connection error (DNS can fail for a while)."""
+
+
+async def screen(
+    url: str, allow_hosts: Collection[str], resolver: Resolver = system_resolver, *, name: str = "callback_url"
+) -> None:
     """Refuse a webhook URL that is not http(s) or whose host resolves to a non-public address.
 
+    Args:
+        url: the URL.
+        allow_hosts: host names (as written in URLs) let through unresolved.
+        resolver: host name to addresses.
+        name: what the messages call the URL (``callback_url`` at enqueue; at delivery it may be one
+            of ``ACETRACK_WEBHOOK_URLS``).
+
     Raises:
+        Unresolvable: when the host does not resolve.
         InvalidInput: on field ``callback_url``, saying why and how to allow the host.
     """
     try:
@@ -63,26 +75,28 @@ async def screen(url: str, allow_hosts: Collection[str], resolver: Resolver = sy
     except ValueError:
         host = ""
     if not host or parts.scheme not in ("http", "https"):
-        raise InvalidInput("callback_url", f"callback_url {url[:80]!r} must be an http:// or https:// URL")
+        raise InvalidInput("callback_url", f"{name} {url[:80]!r} must be an http:// or https:// URL")
     if host in {h.lower() for h in allow_hosts}:
         return
     try:
         addresses = await resolver(host)
     except OSError as e:
-        raise InvalidInput("callback_url", f"callback_url host {host!r} does not resolve ({e})") from e
+        raise Unresolvable("callback_url", f"{name} host {host!r} does not resolve ({e})") from e
     bad = [a for a in addresses if is_forbidden_address(a)]
     if bad or not addresses:
         raise InvalidInput(
             "callback_url",
-            f"callback_url host {host!r} resolves to a private or local address {bad[:1]!r}; "
+            f"{name} host {host!r} resolves to a private or local address {bad[:1]!r}; "
             "add the host to ACETRACK_WEBHOOK_ALLOW_HOSTS to allow it",
         )
 
 
 def envelope(event: dict[str, Any], now_ms: int) -> str:
-    """The Standard Webhooks body: ``{"type", "timestamp", "data": record}``."""
+    """The Standard Webhooks body: ``{"type", "timestamp", "data"}``, ``data`` the record of a task's
+    end, else what changed (``events.event_data``)."""
     timestamp = datetime.fromtimestamp(now_ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
-    return json.dumps({"type": event["type"], "timestamp": timestamp, "data": event["record"]}, separators=(",", ":"))
+    body = {"type": event["type"], "timestamp": timestamp, "data": event_data(event)}
+    return json.dumps(body, separators=(",", ":"))
 
 
 def signed_headers(secret: str, event_id: str, now_ms: int, payload: str) -> dict[str, str]:
@@ -106,16 +120,6 @@ class WebhookConfig:
     timeout_s: float = REQUEST_TIMEOUT_S
 
 
-def next_delay_s(tries: int, schedule_s: Sequence[float], retry_after_s: float | None, rng: float) -> float | None:
-    """Delay before the next try after ``tries`` failed ones; None when the schedule is spent."""
-    if tries >= len(schedule_s):
-        return None
-    delay_s = schedule_s[tries] * (1 - JITTER + 2 * JITTER * rng)
-    if retry_after_s is not None:
-        delay_s = max(delay_s, min(retry_after_s, MAX_RETRY_AFTER_S))
-    return delay_s
-
-
 async def _send(
     session: aiohttp.ClientSession, url: str, payload: str, headers: dict[str, str], timeout_s: float
 ) -> tuple[int | None, float | None, str | None]:
@@ -131,53 +135,46 @@ async def _send(
         return None, None, f"{type(e).__name__}: {e}"
 
 
+async def _screen_and_send(
+    session: aiohttp.ClientSession,
+    config: WebhookConfig,
+    secret: str,
+    delivery: Delivery,
+    now_ms: int,
+    resolver: Resolver,
+) -> Try:
+    """Screen the URL again (what its host resolves to may have changed), then POST once. A host
+    that does not resolve is a failed try, as a refused connection is; a refused URL (not http(s),
+    a private or local address) is dead at once."""
+    try:
+        await screen(delivery.url, config.allow_hosts, resolver, name="webhook URL")
+    except Unresolvable as e:
+        return Try(e.message)
+    except InvalidInput as e:
+        return Try(e.message, dead_reason="refused")
+    payload = envelope(delivery.event, now_ms)
+    headers = signed_headers(secret, delivery.event_id, now_ms, payload)
+    status, retry_after_s, error = await _send(session, delivery.url, payload, headers, config.timeout_s)
+    return Try(error, status, retry_after_s)
+
+
 async def attempt(
     session: aiohttp.ClientSession,
     config: WebhookConfig,
-    body: dict[str, Any],
+    delivery: Delivery,
     now_ms: int,
     *,
     disabled: bool = False,
     resolver: Resolver = system_resolver,
-    rng: Callable[[], float] = random.random,
-) -> Outcome:
-    """Send one delivery once and update ``body`` (attempts, status). A 410 disables the URL."""
-    url = body["destination"].removeprefix(WEBHOOK_PREFIX)
+) -> Try | None:
+    """Send one delivery once; None when this worker cannot sign it (no try is spent: another
+    worker may have the secret). A URL disabled after a 410 is dead at once."""
     if disabled:
-        return _dead(body, now_ms, "gone", "URL disabled after a 410 Gone; run 'acetrack hooks enable URL'")
+        return Try("URL disabled after a 410 Gone; run 'acetrack hooks enable URL'", dead_reason="gone")
     if not config.secret:
-        # not the delivery's fault: another worker may have the secret, so no try is spent (the body
-        # is left as it was) and the delivery waits in the outbox for a worker that can sign it
         logger.warning(
             "webhook delivery %s handed back: this worker has no ACETRACK_WEBHOOK_SECRET (whsec_...) to sign it",
-            body["delivery_id"],
+            delivery.delivery_id,
         )
-        return Outcome("retry", NO_SECRET_RETRY_S)
-    try:
-        await screen(url, config.allow_hosts, resolver)
-    except InvalidInput as e:
-        return _dead(body, now_ms, "refused", e.message)
-    payload = envelope(body["event"], now_ms)
-    headers = signed_headers(config.secret, body["event_id"], now_ms, payload)
-    status, retry_after_s, error = await _send(session, url, payload, headers, config.timeout_s)
-    record_attempt(body, now_ms, error, status=status)
-    if error is None:
-        body["status"] = "delivered"
-        return Outcome("delivered")
-    if status == 410:
-        body["status"], body["reason"] = "dead", "gone"
-        return Outcome("dead", disable_url=True)
-    delay_s = next_delay_s(body.get("tries", 0), config.schedule_s, retry_after_s, rng())
-    if delay_s is None:
-        body["status"], body["reason"] = "dead", "exhausted"
-        logger.error("webhook %s gave up on event %s: %s", url, body["event_id"], error)
-        return Outcome("dead")
-    body["status"] = "retrying"
-    return Outcome("retry", delay_s)
-
-
-def _dead(body: dict[str, Any], now_ms: int, reason: str, error: str) -> Outcome:
-    record_attempt(body, now_ms, error)
-    body["status"], body["reason"] = "dead", reason
-    logger.warning("webhook delivery %s dead-lettered (%s): %s", body["delivery_id"], reason, error)
-    return Outcome("dead")
+        return None
+    return await _screen_and_send(session, config, config.secret, delivery, now_ms, resolver)

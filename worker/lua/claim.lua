@@ -10,7 +10,10 @@
 --       7 burst tolerance ms, 8 task key prefix ('{p}:task:{service}:'), 9 min_repoll_ms,
 --       10 early_ms: an id due within this is due now (a claimer's timer may fire a few ms
 --       early; without it, that claim would find nothing and the claimer would ask again),
---       11 worker id, 12 planned_ms: when the claimer was told an id falls due (0: just a look)
+--       11 worker id, 12 planned_ms: when the claimer was told an id falls due (0: just a look),
+--       13 the position of polled_ms among the '|'-separated sched fields (store.codecs.SCHED_POLLED)
+-- A task's hash is ARGV[8] .. id: the one key a script builds, since a claim cannot name its ids
+-- before it picks them.
 -- Returns {1, next_ms, ids, rows} when claimed, else {0, wait_ms, why} (wait_ms -1: nothing is due at
 -- all); why: 'paused', 'backoff', 'rate' (the refusals), 'empty', 'later' (no id is due yet), or
 -- 'taken': none is due, and another worker claimed this queue since the ids due at planned_ms could
@@ -48,6 +51,7 @@ redis.call('SET', KEYS[4], new_tat, 'PX', math.ceil(new_tat - now) + 1000)
 redis.call('SET', KEYS[5], ARGV[11] .. '|' .. ARGV[1], 'PX', math.max(1, tonumber(ARGV[3])))
 local batch = tonumber(ARGV[4])
 local recent = now - tonumber(ARGV[9] or '0')
+local polled_at = '^' .. string.rep('[^|]*|', tonumber(ARGV[13]) - 1) .. '(%d+)'
 local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', math.max(due_by, now + tonumber(ARGV[2])), 'WITHSCORES', 'LIMIT', 0, batch * 2)
 local lease_until = now + tonumber(ARGV[3])
 local ids, rows = {}, {}
@@ -56,9 +60,8 @@ for i = 1, #found, 2 do
   local id = found[i]
   local take = tonumber(found[i + 1]) <= due_by
   if not take then
-    -- sched is 'deadline|seen|missing|misses|attempts|polled_ms|marks' (see store.sched_text)
     local sched = redis.call('HGET', ARGV[8] .. id, 'sched') or ''
-    local polled = tonumber(string.match(sched, '^[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|(%d+)') or '0')
+    local polled = tonumber(string.match(sched, polled_at) or '0')
     take = polled <= recent
   end
   if take then

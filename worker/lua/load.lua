@@ -1,7 +1,7 @@
 -- Read what one batch poll needs of each claimed id, in one round trip.
--- ARGV: 1 task key prefix, 2.. ids. Returns one pending_row (see _rows.lua) per id.
+-- KEYS: each id's task hash. Returns one pending_row (see _rows.lua) per key.
 local out = {}
-for i = 2, #ARGV do
-  out[#out + 1] = pending_row(ARGV[1] .. ARGV[i])
+for i = 1, #KEYS do
+  out[#out + 1] = pending_row(KEYS[i])
 end
 return out

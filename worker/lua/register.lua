@@ -3,12 +3,12 @@
 -- the same step, so an entry is never both registered and left for another worker.
 -- KEYS: 1 task, 2 due zset, 3 queues set, 4 services set, 5 intake stream,
 --       6 idx pending, 7 idx succeeded, 8 idx failed (this service),
---       9 all-services idx pending, 10 succeeded, 11 failed
+--       9 all-services idx succeeded, 10 all-services idx failed
 -- ARGV: 1 record json, 2 sched (scheduling fields), 3 due_ms, 4 queue member, 5 service, 6 id,
 --       7 now_ms, 8 reopen (0/1), 9 intake group, 10 intake entry id ('' for none), 11 wake channel
 -- A task due sooner than every other of its queue, or the first of a new queue, is published on
 -- the wake channel ('<queue member>|<due_ms>'): no worker's claim loop plans to look by then, since
--- each sleeps until its queue's soonest due time (see scheduler.Scheduler.wakes_step).
+-- each sleeps until its queue's soonest due time (see loops.WakeLoop).
 local state = redis.call('HGET', KEYS[1], 'state')
 local created = 0
 if (not state) or (ARGV[8] == '1' and state ~= 'pending') then
@@ -27,13 +27,15 @@ if (not state) or (ARGV[8] == '1' and state ~= 'pending') then
   redis.call('ZREM', KEYS[7], ARGV[6])
   redis.call('ZREM', KEYS[8], ARGV[6])
   redis.call('ZADD', KEYS[6], ARGV[7], ARGV[6])
+  -- pending tasks are indexed per service only (one sorted-set entry less per pending task)
+  redis.call('ZREM', KEYS[9], member)
   redis.call('ZREM', KEYS[10], member)
-  redis.call('ZREM', KEYS[11], member)
-  -- pending tasks are indexed per service only; KEYS[9] (all services, pending) is no longer written
   created = 1
 end
 if ARGV[10] ~= '' then
   redis.call('XACK', KEYS[5], ARGV[9], ARGV[10])
   redis.call('XDEL', KEYS[5], ARGV[10])
 end
-return {created, redis.call('HGET', KEYS[1], 'record'), redis.call('HGET', KEYS[1], 'sched')}
+-- the stored record as store.codecs.record_of reads it (a missing field is false: a nil reply)
+local stored = redis.call('HMGET', KEYS[1], 'record', 'sched', 'response')
+return {created, stored[1], stored[2], stored[3]}

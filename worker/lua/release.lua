@@ -2,11 +2,11 @@
 -- still held by this claim becomes due at `due_ms`. When that makes them the queue's soonest, they
 -- are announced on the wake channel like a registration (register.lua): no claim loop plans for
 -- them, and the workers that ceded the queue to the releasing one (scheduler.QueuePlan) take over.
--- KEYS: 1 due zset. ARGV: 1 claim id, 2 due_ms, 3 task key prefix, 4 wake channel, 5 queue member,
---       6.. ids
+-- KEYS: 1 due zset, 2.. each id's task hash. ARGV: 1 claim id, 2 due_ms, 3 wake channel,
+--       4 queue member, 5.. ids (in the order of their keys)
 local n = 0
-for i = 6, #ARGV do
-  local key = ARGV[3] .. ARGV[i]
+for i = 5, #ARGV do
+  local key = KEYS[i - 3]
   if redis.call('HGET', key, 'claim') == ARGV[1] then
     redis.call('HDEL', key, 'claim')
     redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
@@ -16,7 +16,7 @@ end
 if n > 0 then
   local soonest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   if soonest[2] and tonumber(soonest[2]) >= tonumber(ARGV[2]) then
-    announce(ARGV[4], ARGV[5], ARGV[2])
+    announce(ARGV[3], ARGV[4], ARGV[2])
   end
 end
 return n

@@ -1,0 +1,60 @@
+"""The upstream's callbacks in the benchmark: the simulator calls one URL, this fans each out.
+
+The simulator holds one task per id for every contender of a phase, so it sends one callback per
+task; ``FanOut`` (served in the benchmark's own process) forwards it to each acetrack contender's
+``acetrack serve`` (``POST /callbacks/suno?key=...``), as if each had named itself as the task's
+``callback_url``. The SDK contenders take no callbacks: the official SDK has no use for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import aiohttp
+from aiohttp import web
+
+KEY = "bench-callback-key"
+
+
+class FanOut:
+    """Forward every callback body to each of ``targets`` (set per phase)."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+        self.received = 0
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/cb", self._take)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/cb"
+
+    async def _take(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received += 1
+        await asyncio.gather(*(self._forward(url, body) for url in self.targets), return_exceptions=True)
+        return web.json_response({}, status=202)
+
+    async def _forward(self, url: str, body: bytes) -> None:
+        assert self._session is not None
+        async with self._session.post(url, data=body, headers={"content-type": "application/json"}) as resp:
+            await resp.read()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def sim_args(loss: float, delay_s: Sequence[float], scale: float, url: str) -> list[str]:
+    """The simulator's callback options for a run (delays unscaled, as every bench time)."""
+    low_s, high_s = (d * scale for d in delay_s)
+    return ["--callback-url", url, "--callback-loss", repr(loss), "--callback-delay-s", f"{low_s!r},{high_s!r}"]

@@ -62,7 +62,7 @@ from worker.models import (
     TaskState,
 )
 from worker.store.codecs import parse_sample, sample_text
-from worker.wire import UpstreamItem, UpstreamTask
+from worker.wire import ACCOUNT_FIELDS, UpstreamItem, UpstreamTask
 
 Json = dict[str, Any]
 
@@ -405,7 +405,7 @@ def test_decide_outcome(
     if decision.terminal:
         assert decision.next_poll_ms is None
         assert record.finished_at_ms == NOW_MS
-        assert record.response == raw
+        assert record.response == {k: v for k, v in raw.items() if k not in ACCOUNT_FIELDS}
         assert (record.error is None) is (state is TaskState.SUCCEEDED)
     else:
         assert decision.next_poll_ms is not None
@@ -426,6 +426,14 @@ def test_suno_seed_clips() -> None:
     assert [c.duration_s for c in record.clips] == [154.44, 147.16]
     assert record.clips[0].audio_url == CDN_MP3
     assert all(c.error is None for c in record.clips)
+
+
+def test_a_finished_record_keeps_the_answer_but_the_account_ids() -> None:
+    raw = seed("suno_retrieve")
+    response = run(raw, make_record(raw["id"])).record.response
+    assert response is not None and ACCOUNT_FIELDS <= set(raw) and not ACCOUNT_FIELDS & set(response)
+    assert response == {k: v for k, v in raw.items() if k not in ACCOUNT_FIELDS}
+    assert response["trace_id"] == raw["trace_id"] and response["request"] == raw["request"]
 
 
 def test_producer_seed() -> None:

@@ -25,7 +25,7 @@ from worker import intake
 from worker.errors import InvalidInput as WorkerInvalidInput
 from worker.events import event_fields
 from worker.models import Clip, ClipState, EventType, Record, TaskState
-from worker.store import Keys, Store
+from worker.store import Keys, Store, codecs
 from worker.store.tasks import RECORD_FIELDS as HASH_FIELDS
 
 
@@ -36,6 +36,7 @@ def test_key_names_are_the_workers(prefix: str) -> None:
     assert mine.task("suno", "a.b:c-1") == theirs.task_key("suno", "a.b:c-1")
     # the task hash's public fields; ``sched`` is the workers' own
     assert {client_keys.RECORD_FIELD, client_keys.RESPONSE_FIELD} == set(HASH_FIELDS) - {"sched"}
+    assert client_keys.RECORD_ZDICT == codecs.RECORD_ZDICT
 
 
 def test_record_clip_and_event_fields_are_the_workers() -> None:
@@ -139,6 +140,21 @@ async def test_a_record_finished_by_an_earlier_acetrack_reads_whole_through_the_
     await redis.hset(client_keys.Keys().task("suno", "old"), mapping={"record": plain, "response": packed})
     record = await RedisTransport(redis, client_keys.Keys()).get("suno", "old")
     assert record is not None and record.terminal and record.response == answer
+    await redis.aclose()
+
+
+async def test_a_record_packed_without_the_dictionary_reads_whole_through_worker_and_client() -> None:
+    # acetrack before RECORD_ZDICT packed a finished record whole with plain zlib
+    redis = aioredis.Redis(connection_pool=fake_pool(fakeredis.FakeServer(), decode_responses=True))
+    whole = {"service": "suno", "id": "old", "state": "succeeded", "progress": 100, "response": {"data": [{}]}}
+    packed = base64.b64encode(zlib.compress(json.dumps(whole).encode())).decode()
+    await redis.hset(client_keys.Keys().task("suno", "old"), mapping={"record": packed, "state": "succeeded"})
+    mine, theirs = (
+        await RedisTransport(redis, client_keys.Keys()).get("suno", "old"),
+        await Store(redis).get("suno", "old"),
+    )
+    assert mine is not None and theirs is not None and mine.response == theirs.response == {"data": [{}]}
+    assert mine == acetrack.Record.from_dict(theirs.to_dict()) and mine.terminal
     await redis.aclose()
 
 

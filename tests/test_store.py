@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import zlib
+from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -16,7 +17,8 @@ from worker.connect import create_redis
 from worker.events import build_events
 from worker.intake import EnqueueRequest
 from worker.models import EventType, Reason, Record, TaskState
-from worker.store import Claimed, Store, Wait, sched_text
+from worker.store import Claimed, Store, Wait, codecs, sched_text
+from worker.wire import UpstreamTask
 
 NOW_MS = 1_767_000_000_000
 CLAIM = {"batch": 50, "coalesce_ms": 1000, "lease_ms": 30_000, "rate_rps": 1e6}
@@ -349,12 +351,27 @@ async def test_a_finished_record_is_stored_packed_whole_and_read_back_whole(back
     key = store.task_key("suno", "t1")
     fields = await backend.redis.hgetall(key)
     assert set(fields) == {"record", "state"}, fields  # no scheduling fields left, no answer apart
-    unpacked = json.loads(zlib.decompress(base64.b64decode(fields["record"])))
+    unpacker = zlib.decompressobj(zdict=codecs.RECORD_ZDICT)  # zlib with the records' preset dictionary
+    unpacked = json.loads(unpacker.decompress(base64.b64decode(fields["record"])))
     assert unpacked["response"] == raw and len(fields["record"]) < len(json.dumps(raw)) / 4  # lyrics pack well
     assert (await store.get("suno", "t1")) == done  # every reader gets the whole record back
     assert (await store.get_many([("suno", "t1")])) == [done]
     created, again = await register(store, "t1")  # a duplicate enqueue answers the stored record
     assert not created and again == done
+
+
+@pytest.mark.parametrize("seed_name", ["suno_retrieve", "producer_retrieve"])
+def test_the_preset_dictionary_packs_the_vendors_own_records_smaller(seed_name: str) -> None:
+    raw = json.loads((Path(__file__).parent / "seeds" / f"{seed_name}.json").read_text(encoding="utf-8"))
+    task = UpstreamTask.from_wire(raw)
+    assert task is not None
+    done = Record(
+        "suno", task.id, TaskState.SUCCEEDED, progress=100, attempts=9, finished_at_ms=NOW_MS, response=task.kept
+    )
+    packed = codecs.finished_json(done)
+    plain = base64.b64encode(zlib.compress(codecs.record_json(done), codecs.RECORD_LEVEL)).decode()
+    assert len(packed) < 0.9 * len(plain), (len(packed), len(plain))
+    assert Record.from_dict(json.loads(codecs.record_text(packed))) == done
 
 
 async def test_a_record_finished_by_an_earlier_version_is_read_whole(backend: Backend) -> None:

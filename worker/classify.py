@@ -224,7 +224,7 @@ def _clip_error(clips: Sequence[Clip]) -> dict[str, str | None] | None:
 
 def _finish(record: Record, task: UpstreamTask, now_ms: int) -> Record:
     succeeded = any(c.state is ClipState.SUCCEEDED for c in record.clips)
-    final = record.evolve(finished_at_ms=now_ms, upstream_finished_at=task.finished_at, response=task.raw)
+    final = record.evolve(finished_at_ms=now_ms, upstream_finished_at=task.finished_at, response=task.kept)
     if succeeded:
         final.state = TaskState.SUCCEEDED
         final.partial = any(c.state is not ClipState.SUCCEEDED for c in record.clips)

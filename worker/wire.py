@@ -11,6 +11,10 @@ from typing import Any
 
 from worker.errors import UpstreamUnavailable
 
+#: top-level fields of a task record that name the upstream account, not the task (the same on
+#: every task of a token): a finished record keeps the rest of the answer, not these
+ACCOUNT_FIELDS = frozenset({"_id", "api_id", "application_id", "credential_id", "user_id"})
+
 
 def _as_float(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
@@ -108,6 +112,11 @@ class UpstreamTask:
         if self._items is None:
             self._items = tuple(UpstreamItem.from_wire(e) for e in self.entries)
         return self._items
+
+    @property
+    def kept(self) -> dict[str, Any]:
+        """The answer as a finished record keeps it: all of it but ``ACCOUNT_FIELDS``."""
+        return {k: v for k, v in self.raw.items() if k not in ACCOUNT_FIELDS}
 
     @classmethod
     def from_wire(cls, raw: Any) -> UpstreamTask | None:

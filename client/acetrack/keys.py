@@ -11,8 +11,27 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "acetrack"
 #: the task hash's field holding the record: its JSON (nulls left out) while pending; once
-#: finished, that JSON with the raw upstream answer, packed (base64 of zlib), so not starting with '{'
+#: finished, that JSON with the upstream's answer, packed (base64 of zlib with ``RECORD_ZDICT``, or
+#: without a dictionary if an earlier acetrack packed it), so not starting with '{'
 RECORD_FIELD = "record"
+#: zlib's preset dictionary of packed records: the worker's ``worker.store.codecs.RECORD_ZDICT``
+RECORD_ZDICT = (
+    # the upstream's answer (worker/wire.py), rarer strings first: zlib finds the later ones closer
+    b'{"created_at":,"request":{"action":"generate","model":"","custom":false,"instrumental":false,'
+    b'"style":"","title":"","callback_url":"https://"},"trace_id":"","type":"audios","response":'
+    b'{"success":true,"task_id":"","data":[{"id":"","title":"","image_url":"https://cdn2.suno.ai/image_'
+    b'.jpeg","lyric":"[Verse]\\n[Chorus]\\n[Bridge]\\n[Verse 2]\\n","audio_url":"https://cdn1.suno.ai/.mp3",'
+    b'"video_url":"https://cdn1.suno.ai/.mp4","image_id":"","topic":null,"seed":"","sound":"",'
+    b'"created_at":"T:.Z","model":"chirp-v","prompt":"","style":"","progress":"100%","state":"succeeded",'
+    b'"duration":}]},"duration":,"finished_at":}'
+    # a record (worker/models.py), as the worker packs it
+    b'{"service":"suno","id":"","state":"succeeded","reason":"upstream_error","partial":false,"progress":100,'
+    b'"clips":[{"id":"","title":"","state":"succeeded","audio_url":"https://cdn1.suno.ai/.mp3",'
+    b'"video_url":"https://cdn1.suno.ai/.mp4","image_url":"https://cdn2.suno.ai/image_.jpeg","duration_s":'
+    b'}],"error":{"code":"","message":""},"attempts":,"enqueued_at_ms":,"updated_at_ms":,"finished_at_ms":,'
+    b'"upstream_finished_at":,"token":"default","response":{"id":"'
+)
+
 #: the task hash's field of a record finished by an earlier acetrack, which packed only the raw
 #: upstream answer (base64 of zlib of its JSON) and kept the rest as JSON in ``record``
 RESPONSE_FIELD = "response"

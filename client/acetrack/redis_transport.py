@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from acetrack.errors import InvalidInput, NotFound, Timeout, Unavailable, Unsupported
-from acetrack.keys import RECORD_FIELD, RESPONSE_FIELD, Keys
+from acetrack.keys import RECORD_FIELD, RECORD_ZDICT, RESPONSE_FIELD, Keys
 from acetrack.records import Event, Record
 from acetrack.rules import FIELDS, Intake
 
@@ -36,8 +36,9 @@ REJECTED_SCAN = 200
 
 
 def _unpack(packed: str) -> bytes:
-    """A packed field's JSON (base64 of zlib)."""
-    return zlib.decompress(base64.b64decode(packed))
+    """A packed field's JSON (base64 of zlib; zlib's header says if it needs ``RECORD_ZDICT``)."""
+    unpacker = zlib.decompressobj(zdict=RECORD_ZDICT)
+    return unpacker.decompress(base64.b64decode(packed)) + unpacker.flush()
 
 
 def _text(value: Any) -> str:

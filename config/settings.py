@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from standardwebhooks import Webhook
 
 SECRETS_DIR = "/run/secrets"
 SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -35,6 +36,33 @@ def parse_redis_url(url: str) -> str:
         raise ValueError(f"redis url {url!r} has no host; write e.g. redis://localhost:6379/0")
     if parts.scheme == "redis+sentinel" and len(parts.path.strip("/")) == 0:
         raise ValueError(f"sentinel url {url!r} needs a service name: redis+sentinel://host:26379/mymaster")
+    db = parts.path.strip("/")
+    if parts.scheme in ("redis", "rediss") and db and not db.isdigit():
+        raise ValueError(f"redis url {url!r}: the database {db!r} must be a number, e.g. redis://localhost:6379/0")
+    _check_ports(url, parts.netloc)
+    return url
+
+
+def _check_ports(url: str, netloc: str) -> None:
+    # a Sentinel URL lists host:port pairs, comma-separated; urlsplit's .port reads only one
+    for host in netloc.rpartition("@")[2].split(","):
+        after_host = host.rpartition("]")[2] if host.startswith("[") else host  # [::1]:6379
+        port = after_host.partition(":")[2]
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"url {_without_password(url)!r}: port {port!r} must be a number from 1 to 65535")
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    return url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url
+
+
+def check_http_url(name: str, url: str) -> str:
+    """Check that ``url`` is an http(s) URL with a host; ``name`` is the setting, for the message."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} {url!r} must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8090")
+    _check_ports(url, parts.netloc)
     return url
 
 
@@ -115,6 +143,30 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
         return None if value is None or value == "" else parse_redis_url(value)
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _check_api_base_url(cls, value: str) -> str:
+        return check_http_url("api base url", value)
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _check_webhook_urls(cls, value: list[str]) -> list[str]:
+        return [check_http_url("webhook url", url) for url in value]
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            try:
+                Webhook(value.get_secret_value())  # the signing library's own reading of it
+            except Exception as e:  # any error: the library names none in particular
+                raise ValueError(
+                    "webhook secret must be whsec_ followed by base64 of random bytes, as Standard Webhooks "
+                    "define it (make one: python -c \"import base64, os; print('whsec_' + "
+                    f'base64.b64encode(os.urandom(24)).decode())"): {e}'
+                ) from None
+        return value
 
     @field_validator("api_tokens", mode="before")
     @classmethod

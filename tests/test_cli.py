@@ -7,9 +7,11 @@ with one line on stderr.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from clitools import (
@@ -29,7 +31,10 @@ from servers import free_port
 from support import RECORD_FIELDS, Backend
 
 import worker
+from worker.commands import detail_lines
 from worker.errors import InvalidInput
+from worker.models import Clip, ClipState, Record, TaskState
+from worker.store import Keys
 from worker.tracker import Tracker
 
 
@@ -186,6 +191,15 @@ def test_list_piped_into_head_exits_0_quietly(cli: Cli) -> None:
     assert result.stdout.startswith("suno/id-0: pending") and result.stdout.count("\n") == 1
 
 
+def test_enqueue_piped_into_head_stores_every_id(cli: Cli) -> None:
+    ids = " ".join(f"many-{n}" for n in range(3000))
+    result = piped(cli, f"enqueue suno {ids} | head -1")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout == "suno/many-0 pending\n"
+    keys = [Keys().task_key("suno", f"many-{n}") for n in (0, 1, 1500, 2999)]
+    assert all(cli.db.exists(key) for key in keys)
+
+
 async def test_watch_json_prints_a_line_per_change_then_totals(cli: Cli, real_redis_url: str) -> None:
     assert cli.run("enqueue", "suno", "live-1").returncode == 0
     with subprocess.Popen(
@@ -203,6 +217,27 @@ async def test_watch_json_prints_a_line_per_change_then_totals(cli: Cli, real_re
         assert proc.wait(timeout=10) == 0
         assert [r.get("state") for r in rest] == ["succeeded", None]
     assert rest[-1] == {"totals": {"succeeded": 1, "failed": 0, "pending": 0, "unknown": 0}}
+
+
+async def test_watch_piped_prints_each_change_as_it_comes(cli: Cli, real_redis_url: str) -> None:
+    assert cli.run("enqueue", "suno", "piped-1", "piped-2").returncode == 0
+    with subprocess.Popen(
+        [sys.executable, "-m", "worker", "watch", "suno", "piped-1", "piped-2", "--interval-s", "0.1"],
+        env=cli.env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        assert [proc.stdout.readline() for _ in range(2)] == ["suno/piped-1  pending\n", "suno/piped-2  pending\n"]
+        await finish(real_redis_url, "piped-1", succeed=True)
+        # read while piped-2 is still pending: the line is not held back until the end
+        assert proc.stdout.readline().startswith("suno/piped-1  succeeded")
+        await finish(real_redis_url, "piped-2", succeed=False)
+        rest = proc.stdout.read().splitlines()
+        assert proc.wait(timeout=10) == 1
+    assert rest[0].startswith("suno/piped-2  failed")
+    assert rest[-1] == "totals: 1 succeeded, 1 failed, 0 pending, 0 unknown"
 
 
 async def test_watch_json_failed_and_unknown_exit_1(cli: Cli, real_redis_url: str) -> None:
@@ -256,6 +291,52 @@ async def test_watch_on_a_terminal_paints_a_failed_bar_red_and_counts_rows_it_ca
     assert code == 1
     assert "totals: 0 succeeded, 0 failed, 0 pending, 20 unknown (14 more not shown)" in out
     assert "gone-05" in out and "gone-19" not in out
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "names"),
+    [
+        (["sim", "--port", "{port}"], {}, "acetrack sim --port"),
+        (["serve"], {"ACETRACK_HTTP_PORT": "{port}"}, "ACETRACK_HTTP_PORT"),
+    ],
+)
+def test_a_port_already_taken_names_what_to_change(
+    cli: Cli, command: list[str], env: dict[str, str], names: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        args = [a.format(port=port) for a in command]
+        extra = {k: v.format(port=port) for k, v in env.items()} | {"ACETRACK_HTTP_HOST": "127.0.0.1"}
+        result = cli.run(*args, env=cli.env | extra)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and names in result.stderr
+    assert "address already in use" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tls_against_a_redis_without_it_says_so(cli: Cli) -> None:
+    plain = urlsplit(cli.env["ACETRACK_REDIS_URL"])
+    # the URL's own connect timeout wins over acetrack's (10 s), which keeps this test short
+    url = f"rediss://{plain.netloc}/0?socket_connect_timeout=0.5"
+    result = cli.run("enqueue", "suno", "tls-1", env=cli.env | {"ACETRACK_REDIS_URL": url})
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach Redis at rediss://" in result.stderr
+    assert "if this Redis does not use TLS, write redis:// instead of rediss://" in result.stderr
+    assert cli.db.dbsize() == 0
+
+
+def test_status_says_a_partial_success_is_partial() -> None:
+    good = Clip("c1", "Intro", ClipState.SUCCEEDED, audio_url="https://cdn.example/c1.mp3")
+    bad = Clip("c2", "Intro", ClipState.FAILED, error="clip generation failed")
+    record = Record("suno", "half", TaskState.SUCCEEDED, progress=100, partial=True, clips=[good, bad])
+    assert detail_lines(record) == [
+        "suno/half: succeeded (partial), 100%",
+        '  clip c1 "Intro": succeeded https://cdn.example/c1.mp3',
+        '  clip c2 "Intro": failed (clip generation failed)',
+    ]
+    whole = Record("suno", "whole", TaskState.SUCCEEDED, progress=100, clips=[good])
+    assert detail_lines(whole)[0] == "suno/whole: succeeded, 100%"
 
 
 async def test_status_shows_audio_urls_and_the_error(cli: Cli, real_redis_url: str) -> None:

@@ -209,6 +209,9 @@ async def test_post_takes_native_json_types(h: Harness, extra: dict[str, Any], d
 async def test_post_refuses_wrong_json_types_naming_the_field(h: Harness, extra: dict[str, Any], field: str) -> None:
     status, body = await h.call("POST", "/tasks", json=[task("ok-0"), {**task("typed"), **extra}])
     assert_error(status, body, 400, "invalid", f"tasks[1].{field}")
+    # in JSON's words, not Python's ("of type int", "dict")
+    words = {"deadline_s": "a number", "meta": "a JSON object", "reopen": "true or false"}.get(field, "a string")
+    assert body["error"]["message"] == f"tasks[1].{field} must be {words}", body
     assert await nothing_stored(h)
 
 

@@ -218,6 +218,12 @@ BAD_CASES = [
     pytest.param({"ACETRACK_DEADLINE_S": "604801"}, {}, "deadline_s", id="deadline-over-7-days"),
     pytest.param({"ACETRACK_HTTP_PORT": "70000"}, {}, "http_port", id="port"),
     pytest.param({"ACETRACK_LOG_JSON": "maybe"}, {}, "log_json", id="log-json"),
+    pytest.param({"ACETRACK_API_BASE_URL": "127.0.0.1:8090"}, {}, "must be an http:// or https:// URL", id="base"),
+    pytest.param({"ACETRACK_API_BASE_URL": "http://h:70000"}, {}, "port '70000' must be", id="base-port"),
+    pytest.param({"ACETRACK_WEBHOOK_URLS": "https://ok,ftp://x"}, {}, "'ftp://x' must be an http://", id="wh-url"),
+    pytest.param({"ACETRACK_WEBHOOK_SECRET": "short"}, {}, "whsec_ followed by base64", id="wh-secret"),
+    pytest.param({"ACETRACK_REDIS_URL": "redis://h:6379/abc"}, {}, "database 'abc' must be a number", id="db"),
+    pytest.param({"ACETRACK_REDIS_URL": "redis://u:pw@h:99999"}, {}, "'redis://u:***@h:99999': port", id="port"),
 ]
 
 
@@ -235,6 +241,7 @@ REDIS_URLS = [
     pytest.param("redis+sentinel://s1:26379/mymaster", id="sentinel-one-host"),
     pytest.param(SENTINEL, id="sentinel-hosts-and-db"),
     pytest.param("unix:///var/run/redis.sock", id="unix-socket"),
+    pytest.param("redis://[::1]:6379/2", id="ipv6"),
 ]
 
 

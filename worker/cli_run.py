@@ -23,7 +23,7 @@ from worker import commands
 from worker.arq_settings import settings_error
 from worker.cli import EXIT_USAGE, default_log_config
 from worker.commands import EXIT_OK, EXIT_PROBLEM
-from worker.connect import FULL_HINT, REDIS_DOWN, REFUSED_CREDENTIALS, describe, is_full, permission_hint
+from worker.connect import FULL_HINT, REDIS_DOWN, REFUSED_CREDENTIALS, describe, is_full, permission_hint, tls_hint
 from worker.errors import AcetrackError, ConfigError, InvalidInput, StoreError
 from worker.parts import tracker_for
 from worker.tracker import Tracker
@@ -39,8 +39,8 @@ async def _redis_command(settings: Settings, args: argparse.Namespace) -> int:
         if down is None:
             raise
         print(
-            f"acetrack: cannot reach Redis at {describe(settings.redis_url or '')} ({down}); "
-            "start it, or set ACETRACK_REDIS_URL to a Redis that runs",
+            f"acetrack: cannot reach Redis at {describe(settings.redis_url or '')} ({down}"
+            f"{tls_hint(settings.redis_url or '')}); start it, or set ACETRACK_REDIS_URL to a Redis that runs",
             file=sys.stderr,
         )
         return EXIT_PROBLEM

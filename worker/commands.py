@@ -56,7 +56,8 @@ def paint(text: str, state: str, colour: bool) -> str:
 
 
 def _head(record: Record, colour: bool) -> str:
-    reason = f" ({record.reason.value})" if record.reason else ""
+    # a partial success says so: one of its clips failed (its line below says why)
+    reason = f" ({record.reason.value})" if record.reason else " (partial)" if record.partial else ""
     progress = "" if record.progress is None else f", {record.progress}%"
     return f"{record.service}/{record.id}: {paint(record.state.value + reason, record.state, colour)}{progress}"
 
@@ -124,6 +125,7 @@ async def enqueue(settings: Settings, tracker: Tracker, args: argparse.Namespace
         Tracker.validate(args.service, task_id, settings.services)
     await check_token(settings, tracker.store, args.token)
     colour = colour_enabled(sys.stdout)
+    lines = []
     for task_id in args.ids:
         earlier = await tracker.get(args.service, task_id)
         record = await tracker.enqueue(
@@ -135,7 +137,9 @@ async def enqueue(settings: Settings, tracker: Tracker, args: argparse.Namespace
             meta=meta,
             reopen=args.reopen,
         )
-        print(json.dumps(record.to_dict()) if args.json else _enqueued_line(earlier, record, colour))
+        lines.append(json.dumps(record.to_dict()) if args.json else _enqueued_line(earlier, record, colour))
+    # printed once all are stored: a reader that stops early (| head) must not stop the enqueueing
+    print("\n".join(lines))
     return EXIT_OK
 
 

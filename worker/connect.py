@@ -174,11 +174,25 @@ class SentinelUrl:
 SENTINEL_CLIENT_NAME = "acetrack"
 
 
+#: how long a connection (TLS handshake included) may take unless the URL sets
+#: ``socket_connect_timeout``: without it, TLS against a server that does not speak it waits 60 s
+CONNECT_TIMEOUT_S = 10.0
+
+
+def tls_hint(url: str) -> str:
+    """What to say after a failed connect to a ``rediss://`` URL: the server may not speak TLS."""
+    if urlsplit(url).scheme != "rediss":
+        return ""
+    return "; if this Redis does not use TLS, write redis:// instead of rediss://"
+
+
 def create_redis(url: str) -> aioredis.Redis:
     """A ``decode_responses`` client for ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URLs."""
     sentinel_url = SentinelUrl.parse(url)
     if sentinel_url is None:
-        return fast_packing(aioredis.Redis.from_url(url, decode_responses=True))
+        # the URL's own socket_connect_timeout, if any, wins: redis-py reads it over these arguments
+        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_S)
+        return fast_packing(client)
     # named, so an operator (and a test) can tell acetrack's connections in a Sentinel's CLIENT LIST
     sentinel_kwargs = {"client_name": SENTINEL_CLIENT_NAME}
     sentinel = Sentinel(sentinel_url.nodes, sentinel_kwargs=sentinel_kwargs, decode_responses=True)  # type: ignore[no-untyped-call]
@@ -315,7 +329,9 @@ async def wait_for_redis(client: aioredis.Redis, url: str, *, sleep: Callable[[f
         except REFUSED_CREDENTIALS:
             raise
         except REDIS_DOWN as e:
-            logger.warning("waiting for Redis at %s (%s); try %d, next in %.1f s", describe(url), e, tries, wait_s)
+            logger.warning(
+                "waiting for Redis at %s (%s%s); try %d, next in %.1f s", describe(url), e, tls_hint(url), tries, wait_s
+            )
             await sleep(wait_s)
             wait_s = min(MAX_RETRY_S, wait_s * 2)
             continue

@@ -23,7 +23,16 @@ from worker.callbacks import ID_PLACES, callback_task_id, key_matches
 from worker.connect import create_redis
 from worker.control import collect_stats, decode_cursor, encode_cursor, live_workers
 from worker.errors import ConfigError, InvalidInput
-from worker.httpcore import API, MAX_BODY_BYTES, Api, ApiError, auth_middleware, errors_middleware, read_json
+from worker.httpcore import (
+    API,
+    MAX_BODY_BYTES,
+    Api,
+    ApiError,
+    auth_middleware,
+    errors_middleware,
+    listen,
+    read_json,
+)
 from worker.intake import EnqueueRequest, build_request, check_id, check_service
 from worker.models import Record, TaskState
 from worker.parts import control_for, store_for
@@ -60,13 +69,17 @@ _NATIVE_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+#: the JSON words for the Python types above, for the error a client reads
+_JSON_TYPE: dict[type, str] = {str: "a string", int: "a number", dict: "a JSON object", bool: "true or false"}
+
+
 def _parse_item(item: Any, where: str, api: Api) -> EnqueueRequest:
     if not isinstance(item, dict):
         raise ApiError(400, "invalid", f"{where} must be an object with 'service' and 'id'", where)
     for key, value in item.items():
         types = _NATIVE_TYPES.get(key)
         if types and value is not None and (not isinstance(value, types) or isinstance(value, bool) != (bool in types)):
-            raise ApiError(400, "invalid", f"{where}.{key} must be of type {types[0].__name__}", f"{where}.{key}")
+            raise ApiError(400, "invalid", f"{where}.{key} must be {_JSON_TYPE[types[0]]}", f"{where}.{key}")
     try:
         return build_request(item, services=api.services, tokens=api.tokens)
     except InvalidInput as e:
@@ -363,7 +376,7 @@ async def serve(settings: Settings) -> None:
     runner = web.AppRunner(create_app(api_from_settings(settings, redis)), access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+        await listen(runner, settings.http_host, settings.http_port, "ACETRACK_HTTP_PORT (and ACETRACK_HTTP_HOST)")
         logger.info("acetrack API listening on http://%s:%s", settings.http_host, settings.http_port)
         await asyncio.Event().wait()
     finally:

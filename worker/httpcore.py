@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from worker.clock import Clock, system_clock
 from worker.connect import FULL_HINT, FULL_LOG, is_full
 from worker.control import Control
-from worker.errors import InvalidInput, StoreError
+from worker.errors import ConfigError, InvalidInput, StoreError
 from worker.store import Store
 
 logger = logging.getLogger(__name__)
@@ -137,3 +137,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 def is_public_asset(path: str) -> bool:
     """The dashboard's page, script and style and the docs page: package files with no data in them."""
     return path in ("/", "/docs") or path.startswith("/static/")
+
+
+async def listen(runner: web.AppRunner, host: str, port: int, setting: str) -> None:
+    """Start serving ``runner`` on ``host:port``; a port that cannot be had (taken, not allowed)
+    becomes a ``ConfigError`` that names ``setting``, the thing to change."""
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as e:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; stop what holds the port, or choose another "
+            f"with {setting}"
+        ) from e

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 # the simulator's public face: its state classes are imported from here (``sim.SimState``)
+from worker.httpcore import listen
 from worker.sim_state import RequestLog as RequestLog
 from worker.sim_state import SimConfig as SimConfig
 from worker.sim_state import SimState as SimState
@@ -239,7 +240,7 @@ async def run_sim(host: str, port: int, **knobs: Any) -> None:
     runner = web.AppRunner(create_app(**knobs), access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await listen(runner, host, port, "acetrack sim --port")
         bound_host, bound_port = runner.addresses[0][:2]
         logger.info("sim listening on http://%s:%s", bound_host, bound_port)
         await asyncio.Event().wait()

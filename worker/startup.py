@@ -97,6 +97,6 @@ def describe_worker(settings: Settings, plan: WorkerPlan) -> str:
         f"budget={settings.rate_limit_rps:g} req/s per token",
     ]
     changed = _changed(settings)
-    if changed:
-        parts.append("changed: " + " ".join(changed))
-    return "worker starting: " + " ".join(parts)
+    line = "worker starting: " + " ".join(parts)
+    # the settings changed from their defaults, set apart: the budget's own words run into them otherwise
+    return line + ("; changed from the defaults: " + " ".join(changed) if changed else "")

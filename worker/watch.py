@@ -105,8 +105,10 @@ async def watch(tracker: Tracker, args: argparse.Namespace) -> int:
     if args.json:
         records = await _follow_json(tracker.store, keys, args.interval_s)
         print(json.dumps({"totals": totals(records)}), flush=True)
-    else:
+    elif _Console().is_terminal:
         records = await _follow_live(tracker.store, keys, args.interval_s)
+    else:
+        records = await _follow_lines(tracker.store, keys, args.interval_s)
     succeeded = all(r is not None and r.state is TaskState.SUCCEEDED for r in records)
     return EXIT_OK if succeeded else EXIT_PROBLEM
 
@@ -153,6 +155,20 @@ async def _follow_json(store: Store, keys: list[Key], interval_s: float) -> list
     return records
 
 
+async def _follow_lines(store: Store, keys: list[Key], interval_s: float) -> list[Record | None]:
+    """Piped or redirected: a plain line as each task changes (a file or a reader sees them as they
+    come, where a live view would be printed once at the end), then the totals."""
+    seen: dict[Key, tuple[Any, ...]] = {}
+    records: list[Record | None] = []
+    async for records in _rounds(store, keys, interval_s):
+        for key, record in zip(keys, records, strict=True):
+            if seen.get(key) != (view := _view(record)):
+                seen[key] = view
+                print(f"{key[0]}/{key[1]}  {Text.from_markup(label(record)).plain}", flush=True)
+    print(totals_line(totals(records)), flush=True)
+    return records
+
+
 async def _follow_live(store: Store, keys: list[Key], interval_s: float) -> list[Record | None]:
     console = _Console(highlight=False)
     progress = Progress(TextColumn("{task.description}"), _StateBar(), TextColumn("{task.fields[label]}"))
@@ -163,7 +179,7 @@ async def _follow_live(store: Store, keys: list[Key], interval_s: float) -> list
     try:
         async for records in _rounds(store, keys, interval_s):
             # rows past the terminal's height are hidden, and the totals line says so, never cut off
-            fit = max(1, console.size.height - RESERVED_LINES) if console.is_terminal else len(keys)
+            fit = max(1, console.size.height - RESERVED_LINES)
             for n, (key, record) in enumerate(zip(keys, records, strict=True)):
                 progress.update(rows[key], completed=_completed(record), visible=n < fit)
                 progress.update(rows[key], label=label(record), state=state_of(record))
@@ -173,6 +189,4 @@ async def _follow_live(store: Store, keys: list[Key], interval_s: float) -> list
                 live.start()  # once the first round is in: no frame of empty rows
     finally:
         live.stop()
-    if not console.is_terminal:
-        console.line()  # piped, the view is printed once at the end, without its last newline
     return records

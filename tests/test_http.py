@@ -24,10 +24,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.exceptions import ResponseError
 from support import Backend, fast_settings
 
+from config import Settings
 from worker import jobs, sim
 from worker.clock import Clock, FakeClock, system_clock
 from worker.control import Control
-from worker.http import Api, api_from_settings, create_app
+from worker.http import Api, api_from_settings, create_app, open_to_the_network
 from worker.models import Reason, Record, TaskState
 from worker.store import Store
 
@@ -876,3 +877,11 @@ async def test_cancels_racing_a_running_worker_end_each_task_exactly_once(
     after = terminal_events(await h.events())
     for task_id in reopened:
         assert after[task_id] == [("task.failed", "cancelled"), ("task.succeeded", "")]
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "warned"),
+    [("0.0.0.0", None, True), ("0.0.0.0", "s3cret", False), ("127.0.0.1", None, False), ("10.0.0.5", "", True)],
+)
+def test_serve_warns_when_the_api_is_open_to_the_network(host: str, token: str | None, warned: bool) -> None:
+    assert open_to_the_network(Settings(http_host=host, http_token=token)) is warned

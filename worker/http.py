@@ -368,6 +368,13 @@ def api_from_settings(settings: Settings, redis: aioredis.Redis) -> Api:
     )
 
 
+def open_to_the_network(settings: Settings) -> bool:
+    """No ``ACETRACK_HTTP_TOKEN`` and a host other than loopback: anyone who reaches it can enqueue,
+    cancel and read every record."""
+    token = settings.http_token.get_secret_value() if settings.http_token else ""
+    return not token and settings.http_host not in ("127.0.0.1", "::1", "localhost")
+
+
 async def serve(settings: Settings) -> None:
     """Serve the API on ``ACETRACK_HTTP_HOST:ACETRACK_HTTP_PORT`` until cancelled."""
     if settings.redis_url is None:
@@ -378,6 +385,13 @@ async def serve(settings: Settings) -> None:
     try:
         await listen(runner, settings.http_host, settings.http_port, "ACETRACK_HTTP_PORT (and ACETRACK_HTTP_HOST)")
         logger.info("acetrack API listening on http://%s:%s", settings.http_host, settings.http_port)
+        if open_to_the_network(settings):
+            logger.warning(
+                "the API answers anyone who can reach %s:%s, with no token: set ACETRACK_HTTP_TOKEN, "
+                "or ACETRACK_HTTP_HOST=127.0.0.1 to serve this machine only",
+                settings.http_host,
+                settings.http_port,
+            )
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()

@@ -137,6 +137,8 @@ BAD_CASES = [
         pytest.param(fields(deadline_s=bad), {}, "deadline_s", "from 1 to 604800", id=f"deadline-{bad!r}")
         for bad in [0, "0", 604801, "604801", "abc", -1, 0.5, "nan", "inf", True, [60]]
     ],
+    # as typed: the CLI hands --deadline-s 0 over as 0.0
+    pytest.param(fields(deadline_s=0.0), {}, "deadline_s", "deadline_s 0 must be", id="deadline-float-shown-as-typed"),
     pytest.param(fields(token="other"), {"tokens": TOKENS}, "token", "not a configured token name", id="token-unknown"),
     pytest.param(fields(token=5), {}, "token", "not a configured token name", id="token-not-a-string"),
     pytest.param(fields(meta="not json"), {}, "meta", "not valid JSON", id="meta-not-json"),

@@ -63,7 +63,9 @@ def check_deadline(value: Any) -> float | None:
     except (TypeError, ValueError):
         number = math.nan
     if not (1.0 <= number <= MAX_DEADLINE_S):
-        raise InvalidInput("deadline_s", f"deadline_s {value!r} must be a number from 1 to {MAX_DEADLINE_S:.0f}")
+        # a float as typed (0, not 0.0: the CLI reads --deadline-s as a float)
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        raise InvalidInput("deadline_s", f"deadline_s {shown} must be a number from 1 to {MAX_DEADLINE_S:.0f}")
     return number
 
 

@@ -6,9 +6,11 @@ Lists in the environment are comma-separated.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -215,3 +217,21 @@ class Settings(BaseSettings):
         if self.api_token is not None and self.api_token.get_secret_value():
             named["default"] = self.api_token.get_secret_value()
         return named
+
+
+#: how alike a name must be to a setting's to be called a typo of it: 0.9 catches a letter missing,
+#: added or swapped (ACETRACK_POL_S), and not the names acetrack's compose file and tests use
+#: (ACETRACK_IMAGE, ACETRACK_TEST_REDIS_URL: 0.88)
+TYPO_LIKENESS = 0.9
+
+
+def misspelt_settings(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(name, the setting it nearly is)`` for each ``ACETRACK_`` variable that is not a setting but
+    is spelt nearly like one: pydantic-settings ignores unknown names, so a typo would go unseen."""
+    settings = [f"ACETRACK_{name.upper()}" for name in Settings.model_fields]
+    out = []
+    for name in sorted(environ):
+        if name.startswith("ACETRACK_") and name not in settings:
+            close = difflib.get_close_matches(name, settings, n=1, cutoff=TYPO_LIKENESS)
+            out += [(name, close[0])] if close else []
+    return out

@@ -315,6 +315,15 @@ def test_a_port_already_taken_names_what_to_change(
     assert "address already in use" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_serve_names_a_misspelt_setting(cli: Cli) -> None:
+    with socket.socket() as taken:  # serve then stops at once, after its start-up checks
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {"ACETRACK_HTTP_HOST": "127.0.0.1", "ACETRACK_HTTP_PORT": str(taken.getsockname()[1])}
+        result = cli.run("serve", env=cli.env | env | {"ACETRACK_HTTP_TOKNE": "s3cret"})
+    assert "ACETRACK_HTTP_TOKNE is not a setting and is ignored: did you mean ACETRACK_HTTP_TOKEN?" in result.stderr
+
+
 def test_tls_against_a_redis_without_it_says_so(cli: Cli) -> None:
     plain = urlsplit(cli.env["ACETRACK_REDIS_URL"])
     # the URL's own connect timeout wins over acetrack's (10 s), which keeps this test short

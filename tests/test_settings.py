@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from config.settings import Settings, parse_redis_url
+from config.settings import Settings, misspelt_settings, parse_redis_url
 from worker.parts import cadence_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -270,3 +270,18 @@ def test_the_coalesce_window_follows_the_poll_grid_unless_set(make_settings: Mak
     assert cadence_for(make_settings()).coalesce_ms == 1500  # the default grid: half of 3 s
     assert cadence_for(make_settings({"ACETRACK_POLL_S": "8"})).coalesce_ms == 4000
     assert cadence_for(make_settings({"ACETRACK_POLL_S": "8", "ACETRACK_COALESCE_S": "1"})).coalesce_ms == 1000
+
+
+def test_a_misspelt_setting_is_named_with_the_one_it_nearly_is() -> None:
+    environ = {
+        "ACETRACK_POL_S": "2",  # a letter missing
+        "ACETRACK_WEBHOOK_SECRT": "x",
+        "ACETRACK_POLL_S": "2",  # a setting
+        "ACETRACK_IMAGE": "acetrack:1",  # compose's, nothing like a setting
+        "ACETRACK_TEST_REDIS_URL": "redis://x",  # the tests'
+        "PATH": "/bin",
+    }
+    assert misspelt_settings(environ) == [
+        ("ACETRACK_POL_S", "ACETRACK_POLL_S"),
+        ("ACETRACK_WEBHOOK_SECRT", "ACETRACK_WEBHOOK_SECRET"),
+    ]

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisError
 
 from config import Settings
+from config.settings import misspelt_settings
 from worker import commands
 from worker.arq_settings import settings_error
 from worker.cli import EXIT_USAGE, default_log_config
@@ -122,6 +123,9 @@ def dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(run_demo())
     settings = Settings()
     logging.config.dictConfig(default_log_config(settings.log_level, settings.log_json))
+    if args.command in ("worker", "serve"):
+        for name, meant in misspelt_settings(os.environ):
+            logging.getLogger(__name__).warning("%s is not a setting and is ignored: did you mean %s?", name, meant)
     if args.command == "worker":
         from worker.process import run_worker
 

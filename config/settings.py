@@ -6,6 +6,7 @@ Lists in the environment are comma-separated.
 
 from __future__ import annotations
 
+import base64
 import difflib
 import json
 import os
@@ -19,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from standardwebhooks import Webhook
 
 SECRETS_DIR = "/run/secrets"
+DEFAULT_API_BASE_URL = "https://api.acedata.cloud"
 SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 EVENT_TYPES = frozenset({"task.succeeded", "task.failed", "task.progress", "clip.succeeded"})
@@ -27,31 +29,34 @@ CommaList = Annotated[list[str], NoDecode]
 
 
 def parse_redis_url(url: str) -> str:
-    """Check a Redis URL's scheme and host; return it unchanged.
+    """Check a Redis URL's scheme, host, database and ports; return it unchanged. Messages show the
+    URL without its password.
 
     ``RedisDsn`` rejects Sentinel URLs, so this small parser stands in for it.
     """
-    parts = urlsplit(url)
+    parts, shown = urlsplit(url), _without_password(url)
     if parts.scheme not in REDIS_SCHEMES:
-        raise ValueError(f"redis url {url!r} must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+        raise ValueError(f"redis url {shown!r} must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
     if parts.scheme != "unix" and not parts.netloc:
-        raise ValueError(f"redis url {url!r} has no host; write e.g. redis://localhost:6379/0")
-    if parts.scheme == "redis+sentinel" and len(parts.path.strip("/")) == 0:
-        raise ValueError(f"sentinel url {url!r} needs a service name: redis+sentinel://host:26379/mymaster")
-    db = parts.path.strip("/")
-    if parts.scheme in ("redis", "rediss") and db and not db.isdigit():
-        raise ValueError(f"redis url {url!r}: the database {db!r} must be a number, e.g. redis://localhost:6379/0")
-    _check_ports(url, parts.netloc)
+        raise ValueError(f"redis url {shown!r} has no host; write e.g. redis://localhost:6379/0")
+    path = [p for p in parts.path.split("/") if p]
+    if parts.scheme == "redis+sentinel" and not path:
+        raise ValueError(f"sentinel url {shown!r} needs a service name: redis+sentinel://host:26379/mymaster")
+    # the database: redis://host/DB, redis+sentinel://hosts/SERVICE/DB (a unix socket's is ?db=)
+    db = (path[1:2] if parts.scheme == "redis+sentinel" else path[:1]) or [""]
+    if parts.scheme != "unix" and db[0] and not db[0].isdigit():
+        raise ValueError(f"redis url {shown!r}: the database {db[0]!r} must be a number, e.g. redis://localhost:6379/0")
+    _check_ports(shown, parts.netloc)
     return url
 
 
-def _check_ports(url: str, netloc: str) -> None:
+def _check_ports(shown: str, netloc: str) -> None:
     # a Sentinel URL lists host:port pairs, comma-separated; urlsplit's .port reads only one
-    for host in netloc.rpartition("@")[2].split(","):
-        after_host = host.rpartition("]")[2] if host.startswith("[") else host  # [::1]:6379
+    for address in netloc.rpartition("@")[2].split(","):
+        after_host = address.rpartition("]")[2] if address.startswith("[") else address  # [::1]:6379
         port = after_host.partition(":")[2]
         if port and not (port.isdigit() and 0 < int(port) < 65536):
-            raise ValueError(f"url {_without_password(url)!r}: port {port!r} must be a number from 1 to 65535")
+            raise ValueError(f"url {shown!r}: port {port!r} must be a number from 1 to 65535")
 
 
 def _without_password(url: str) -> str:
@@ -61,11 +66,33 @@ def _without_password(url: str) -> str:
 
 def check_http_url(name: str, url: str) -> str:
     """Check that ``url`` is an http(s) URL with a host; ``name`` is the setting, for the message."""
-    parts = urlsplit(url)
+    parts, shown = urlsplit(url), _without_password(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{name} {url!r} must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8090")
-    _check_ports(url, parts.netloc)
+        raise ValueError(f"{name} {shown!r} must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8090")
+    _check_ports(shown, parts.netloc)
     return url
+
+
+#: the shortest webhook secret taken, in bytes: Standard Webhooks advise 24 to 64
+MIN_SECRET_BYTES = 24
+
+
+def check_webhook_secret(secret: str) -> None:
+    """Refuse a secret that is not ``whsec_`` and the base64 of at least ``MIN_SECRET_BYTES``. The
+    signing library takes more (the prefix optional, base64 read loosely), but a receiver given the
+    same text may read it another way, and then no signature checks out."""
+    make_one = "python -c \"import base64, os; print('whsec_' + base64.b64encode(os.urandom(24)).decode())\""
+    body = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(body, validate=True) if body != secret else b""
+    except ValueError:
+        key = b""
+    if len(key) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"webhook secret must be whsec_ followed by the base64 of at least {MIN_SECRET_BYTES} random bytes, "
+            f"as Standard Webhooks define it; make one with: {make_one}"
+        )
+    Webhook(secret)  # and the signing library reads it
 
 
 def _split_csv(value: Any) -> Any:
@@ -85,7 +112,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ACETRACK_", secrets_dir=_secrets_dir(), extra="ignore")
 
     redis_url: str | None = None
-    api_base_url: str = "https://api.acedata.cloud"
+    api_base_url: str = DEFAULT_API_BASE_URL
     api_token: SecretStr | None = None
     api_timeout_s: float = Field(30.0, gt=0)
     api_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
@@ -149,7 +176,8 @@ class Settings(BaseSettings):
     @field_validator("api_base_url")
     @classmethod
     def _check_api_base_url(cls, value: str) -> str:
-        return check_http_url("api base url", value)
+        # empty, as compose and .env files leave an unset name: the default, as for the other URLs
+        return check_http_url("api base url", value or DEFAULT_API_BASE_URL)
 
     @field_validator("webhook_urls")
     @classmethod
@@ -160,14 +188,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value():
-            try:
-                Webhook(value.get_secret_value())  # the signing library's own reading of it
-            except Exception as e:  # any error: the library names none in particular
-                raise ValueError(
-                    "webhook secret must be whsec_ followed by base64 of random bytes, as Standard Webhooks "
-                    "define it (make one: python -c \"import base64, os; print('whsec_' + "
-                    f'base64.b64encode(os.urandom(24)).decode())"): {e}'
-                ) from None
+            check_webhook_secret(value.get_secret_value())
         return value
 
     @field_validator("api_tokens", mode="before")
@@ -219,19 +240,20 @@ class Settings(BaseSettings):
         return named
 
 
-#: how alike a name must be to a setting's to be called a typo of it: 0.9 catches a letter missing,
-#: added or swapped (ACETRACK_POL_S), and not the names acetrack's compose file and tests use
-#: (ACETRACK_IMAGE, ACETRACK_TEST_REDIS_URL: 0.88)
-TYPO_LIKENESS = 0.9
+#: how alike the part after ``ACETRACK_`` must be to a setting's to be called a typo of it: 0.8
+#: catches a letter missing, added or swapped (POL_S for POLL_S), not the names acetrack's compose
+#: file and tests use (IMAGE, TEST_REDIS_URL: 0.78)
+TYPO_LIKENESS = 0.8
 
 
 def misspelt_settings(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     """``(name, the setting it nearly is)`` for each ``ACETRACK_`` variable that is not a setting but
     is spelt nearly like one: pydantic-settings ignores unknown names, so a typo would go unseen."""
-    settings = [f"ACETRACK_{name.upper()}" for name in Settings.model_fields]
+    settings = {name.upper(): f"ACETRACK_{name.upper()}" for name in Settings.model_fields}
     out = []
     for name in sorted(environ):
-        if name.startswith("ACETRACK_") and name not in settings:
-            close = difflib.get_close_matches(name, settings, n=1, cutoff=TYPO_LIKENESS)
-            out += [(name, close[0])] if close else []
+        rest = name.upper().removeprefix("ACETRACK_")
+        if name.upper().startswith("ACETRACK_") and rest not in settings:  # names are read in any case
+            close = difflib.get_close_matches(rest, settings, n=1, cutoff=TYPO_LIKENESS)
+            out += [(name, settings[close[0]])] if close else []
     return out

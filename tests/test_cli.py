@@ -312,7 +312,15 @@ def test_a_port_already_taken_names_what_to_change(
         result = cli.run(*args, env=cli.env | extra)
     assert result.returncode == 2, result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and names in result.stderr
-    assert "address already in use" in result.stderr and "Traceback" not in result.stderr
+    assert "(Address already in use)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_on_an_address_not_this_machines_names_the_host_setting(cli: Cli) -> None:
+    env = {"ACETRACK_HTTP_HOST": "192.0.2.1", "ACETRACK_HTTP_PORT": "8080"}  # TEST-NET-1: no machine's
+    result = cli.run("serve", env=cli.env | env)
+    assert result.returncode == 2, result.stderr
+    assert "cannot listen on 192.0.2.1:8080 (Cannot assign requested address)" in result.stderr
+    assert "set ACETRACK_HTTP_HOST" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_serve_names_a_misspelt_setting(cli: Cli) -> None:

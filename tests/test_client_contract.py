@@ -23,6 +23,7 @@ from acetrack import rules
 from acetrack.redis_transport import RedisTransport
 from worker import intake
 from worker.errors import InvalidInput as WorkerInvalidInput
+from worker.errors import StoreError as WorkerStoreError
 from worker.events import event_fields
 from worker.models import Clip, ClipState, EventType, Record, TaskState
 from worker.store import Keys, Store, codecs
@@ -36,7 +37,7 @@ def test_key_names_are_the_workers(prefix: str) -> None:
     assert mine.task("suno", "a.b:c-1") == theirs.task_key("suno", "a.b:c-1")
     # the task hash's public fields; ``sched`` is the workers' own
     assert {client_keys.RECORD_FIELD, client_keys.RESPONSE_FIELD} == set(HASH_FIELDS) - {"sched"}
-    assert client_keys.RECORD_ZDICT == codecs.RECORD_ZDICT
+    assert client_keys.RECORD_ZDICT == codecs.RECORD_ZDICT and client_keys.RECORD_ZDICTS == codecs.RECORD_ZDICTS
 
 
 def test_record_clip_and_event_fields_are_the_workers() -> None:
@@ -155,6 +156,34 @@ async def test_a_record_packed_without_the_dictionary_reads_whole_through_worker
     )
     assert mine is not None and theirs is not None and mine.response == theirs.response == {"data": [{}]}
     assert mine == acetrack.Record.from_dict(theirs.to_dict()) and mine.terminal
+    await redis.aclose()
+
+
+def test_the_record_dictionary_is_never_edited() -> None:
+    # records packed with it are kept for days (ACETRACK_RETENTION_S): a better one goes beside it
+    assert list(codecs.RECORD_ZDICTS) == [0x97CE5DC1] == [zlib.adler32(codecs.RECORD_ZDICT)]
+
+
+def _packed_with(zdict: bytes, text: bytes) -> bytes:
+    packer = zlib.compressobj(6, zdict=zdict)
+    return packer.compress(text) + packer.flush()
+
+
+@pytest.mark.parametrize("damage", ["unknown-dictionary", "cut-short"])
+async def test_a_record_packed_by_a_later_acetrack_or_cut_short_is_named_not_misread(damage: str) -> None:
+    whole = json.dumps({"service": "suno", "id": "odd", "state": "succeeded"}).encode() * 20
+    data = _packed_with(b'{"service":"suno","id":"","state":"succeeded","later":true}', whole)
+    if damage == "cut-short":
+        data = _packed_with(codecs.RECORD_ZDICT, whole)[:-12]
+    redis = aioredis.Redis(connection_pool=fake_pool(fakeredis.FakeServer(), decode_responses=True))
+    packed = base64.b64encode(data).decode()
+    await redis.hset(client_keys.Keys().task("suno", "odd"), mapping={"record": packed, "state": "succeeded"})
+    words = "does not know" if damage == "unknown-dictionary" else "cut short"
+    with pytest.raises(WorkerStoreError, match=words):
+        await Store(redis).get("suno", "odd")
+    client_error = acetrack.Unsupported if damage == "unknown-dictionary" else acetrack.Unavailable
+    with pytest.raises(client_error, match="unknown here" if damage == "unknown-dictionary" else "cut short"):
+        await RedisTransport(redis, client_keys.Keys()).get("suno", "odd")
     await redis.aclose()
 
 

@@ -11,7 +11,7 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 from support import require_real_redis
 
-from worker.connect import HiredisPacking, create_redis, packing_class
+from worker.connect import CONNECT_TIMEOUT_S, HiredisPacking, create_redis, packing_class, tls_hint
 
 ARG = st.one_of(
     st.text(),
@@ -94,3 +94,26 @@ async def test_a_pooled_connection_the_server_closed_is_connected_again(
     finally:
         await client.aclose()
         await killer.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "why", "words"),
+    [
+        ("rediss://h:6380", "Timeout connecting to server", "write redis:// instead of rediss://"),
+        ("rediss://h:6380", "[SSL: WRONG_VERSION_NUMBER] wrong version number", "write redis://"),
+        ("rediss://h:6380", "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed", "ssl_ca_certs"),
+        ("rediss://h:6380", "Error 111 connecting to h:6380. Connection refused.", ""),
+        ("redis://h:6379", "Timeout connecting to server", ""),
+    ],
+)
+def test_a_failed_tls_connect_says_what_to_look_at(url: str, why: str, words: str) -> None:
+    hint = tls_hint(url, why)
+    assert words in hint if words else hint == ""
+
+
+def test_a_connect_times_out_after_ten_seconds_unless_the_url_says() -> None:
+    def timeout_of(url: str) -> object:
+        return create_redis(url).connection_pool.connection_kwargs["socket_connect_timeout"]
+
+    assert timeout_of("redis://h:6379/0") == CONNECT_TIMEOUT_S == 10.0
+    assert timeout_of("rediss://h:6380/0?socket_connect_timeout=2.5") == 2.5

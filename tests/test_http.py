@@ -881,7 +881,16 @@ async def test_cancels_racing_a_running_worker_end_each_task_exactly_once(
 
 @pytest.mark.parametrize(
     ("host", "token", "warned"),
-    [("0.0.0.0", None, True), ("0.0.0.0", "s3cret", False), ("127.0.0.1", None, False), ("10.0.0.5", "", True)],
+    [
+        ("0.0.0.0", None, True),
+        ("0.0.0.0", "s3cret", False),
+        ("127.0.0.1", None, False),
+        ("127.0.0.2", None, False),
+        ("::1", None, False),
+        ("localhost", None, False),
+        ("10.0.0.5", "", True),
+        ("api.internal", None, True),
+    ],
 )
 def test_serve_warns_when_the_api_is_open_to_the_network(host: str, token: str | None, warned: bool) -> None:
     assert open_to_the_network(Settings(http_host=host, http_token=token)) is warned

@@ -139,6 +139,9 @@ BAD_CASES = [
     ],
     # as typed: the CLI hands --deadline-s 0 over as 0.0
     pytest.param(fields(deadline_s=0.0), {}, "deadline_s", "deadline_s 0 must be", id="deadline-float-shown-as-typed"),
+    pytest.param(
+        fields(deadline_s=604800.4), {}, "deadline_s", "deadline_s 604800.4 must", id="deadline-float-unrounded"
+    ),
     pytest.param(fields(token="other"), {"tokens": TOKENS}, "token", "not a configured token name", id="token-unknown"),
     pytest.param(fields(token=5), {}, "token", "not a configured token name", id="token-not-a-string"),
     pytest.param(fields(meta="not json"), {}, "meta", "not valid JSON", id="meta-not-json"),

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from config.settings import Settings, misspelt_settings, parse_redis_url
+from worker.arq_settings import settings_error
 from worker.parts import cadence_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -221,9 +222,17 @@ BAD_CASES = [
     pytest.param({"ACETRACK_API_BASE_URL": "127.0.0.1:8090"}, {}, "must be an http:// or https:// URL", id="base"),
     pytest.param({"ACETRACK_API_BASE_URL": "http://h:70000"}, {}, "port '70000' must be", id="base-port"),
     pytest.param({"ACETRACK_WEBHOOK_URLS": "https://ok,ftp://x"}, {}, "'ftp://x' must be an http://", id="wh-url"),
-    pytest.param({"ACETRACK_WEBHOOK_SECRET": "short"}, {}, "whsec_ followed by base64", id="wh-secret"),
+    pytest.param({"ACETRACK_WEBHOOK_SECRET": "short"}, {}, "whsec_ followed by the base64", id="wh-secret"),
+    pytest.param({"ACETRACK_WEBHOOK_SECRET": "whsec_hunter2"}, {}, "at least 24 random bytes", id="wh-loose-base64"),
+    pytest.param(
+        {"ACETRACK_WEBHOOK_SECRET": "ZGVhZGJlZWZkZWFkYmVlZmRlYWRiZWVmZGVhZGJlZWY="}, {}, "whsec_", id="wh-no-prefix"
+    ),
+    pytest.param({"ACETRACK_WEBHOOK_SECRET": "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="}, {}, "at least 24", id="wh-16-bytes"),
     pytest.param({"ACETRACK_REDIS_URL": "redis://h:6379/abc"}, {}, "database 'abc' must be a number", id="db"),
-    pytest.param({"ACETRACK_REDIS_URL": "redis://u:pw@h:99999"}, {}, "'redis://u:***@h:99999': port", id="port"),
+    pytest.param(
+        {"ACETRACK_REDIS_URL": "redis+sentinel://s1:26379/mymaster/abc"}, {}, "database 'abc'", id="sentinel-db"
+    ),
+    pytest.param({"ACETRACK_REDIS_URL": "redis://u:pw@h:99999"}, {}, "'redis://u:***@h:99999': port", id="redis-port"),
 ]
 
 
@@ -279,9 +288,27 @@ def test_a_misspelt_setting_is_named_with_the_one_it_nearly_is() -> None:
         "ACETRACK_POLL_S": "2",  # a setting
         "ACETRACK_IMAGE": "acetrack:1",  # compose's, nothing like a setting
         "ACETRACK_TEST_REDIS_URL": "redis://x",  # the tests'
+        "ACETRACK_TEST_SERVER": "valkey",
+        "ACETRACK_HTTP_TOKEn": "x",  # read as ACETRACK_HTTP_TOKEN: names are read in any case
+        "ACETRACK_KEY_PREFX": "team-a",
         "PATH": "/bin",
     }
     assert misspelt_settings(environ) == [
+        ("ACETRACK_KEY_PREFX", "ACETRACK_KEY_PREFIX"),
         ("ACETRACK_POL_S", "ACETRACK_POLL_S"),
         ("ACETRACK_WEBHOOK_SECRT", "ACETRACK_WEBHOOK_SECRET"),
     ]
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://u:hunter2@h:6379/abc", "mongodb://u:hunter2@h", "redis+sentinel://u:hunter2@s1:26379"]
+)
+def test_a_refused_redis_url_is_shown_without_its_password(make_settings: MakeSettings, url: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        make_settings({"ACETRACK_REDIS_URL": url})
+    said = settings_error(caught.value)  # the line acetrack prints
+    assert "hunter2" not in said and "u:***@" in said, said
+
+
+def test_an_empty_api_base_url_is_the_default(make_settings: MakeSettings) -> None:
+    assert make_settings({"ACETRACK_API_BASE_URL": ""}).api_base_url == "https://api.acedata.cloud"

@@ -41,7 +41,7 @@ async def _redis_command(settings: Settings, args: argparse.Namespace) -> int:
             raise
         print(
             f"acetrack: cannot reach Redis at {describe(settings.redis_url or '')} ({down}"
-            f"{tls_hint(settings.redis_url or '')}); start it, or set ACETRACK_REDIS_URL to a Redis that runs",
+            f"{tls_hint(settings.redis_url or '', down)}); start it, or set ACETRACK_REDIS_URL to a Redis that runs",
             file=sys.stderr,
         )
         return EXIT_PROBLEM
@@ -123,9 +123,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(run_demo())
     settings = Settings()
     logging.config.dictConfig(default_log_config(settings.log_level, settings.log_json))
-    if args.command in ("worker", "serve"):
-        for name, meant in misspelt_settings(os.environ):
-            logging.getLogger(__name__).warning("%s is not a setting and is ignored: did you mean %s?", name, meant)
+    for name, meant in misspelt_settings(os.environ):
+        logging.getLogger(__name__).warning("%s is not a setting and is ignored: did you mean %s?", name, meant)
     if args.command == "worker":
         from worker.process import run_worker
 

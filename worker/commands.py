@@ -56,8 +56,11 @@ def paint(text: str, state: str, colour: bool) -> str:
 
 
 def _head(record: Record, colour: bool) -> str:
-    # a partial success says so: one of its clips failed (its line below says why)
-    reason = f" ({record.reason.value})" if record.reason else " (partial)" if record.partial else ""
+    reason = ""
+    if record.reason:
+        reason = f" ({record.reason.value})"
+    elif record.partial:  # a success with a clip failed (its line below says why)
+        reason = " (partial)"
     progress = "" if record.progress is None else f", {record.progress}%"
     return f"{record.service}/{record.id}: {paint(record.state.value + reason, record.state, colour)}{progress}"
 
@@ -125,7 +128,6 @@ async def enqueue(settings: Settings, tracker: Tracker, args: argparse.Namespace
         Tracker.validate(args.service, task_id, settings.services)
     await check_token(settings, tracker.store, args.token)
     colour = colour_enabled(sys.stdout)
-    lines = []
     for task_id in args.ids:
         earlier = await tracker.get(args.service, task_id)
         record = await tracker.enqueue(
@@ -137,10 +139,17 @@ async def enqueue(settings: Settings, tracker: Tracker, args: argparse.Namespace
             meta=meta,
             reopen=args.reopen,
         )
-        lines.append(json.dumps(record.to_dict()) if args.json else _enqueued_line(earlier, record, colour))
-    # printed once all are stored: a reader that stops early (| head) must not stop the enqueueing
-    print("\n".join(lines))
+        _say(json.dumps(record.to_dict()) if args.json else _enqueued_line(earlier, record, colour))
     return EXIT_OK
+
+
+def _say(line: str) -> None:
+    """Print ``line`` as it comes; a reader that stops early (``| head``) stops the printing only."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        # as the Python docs advise: stdout to devnull, so the rest (and the exit's flush) go nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 async def status(tracker: Tracker, args: argparse.Namespace) -> int:

@@ -179,11 +179,16 @@ SENTINEL_CLIENT_NAME = "acetrack"
 CONNECT_TIMEOUT_S = 10.0
 
 
-def tls_hint(url: str) -> str:
-    """What to say after a failed connect to a ``rediss://`` URL: the server may not speak TLS."""
+def tls_hint(url: str, why: str) -> str:
+    """What to add after ``why`` a connect to a ``rediss://`` URL failed: a certificate that was
+    not accepted wants its CA; a handshake that hung or broke off, a server that may not speak TLS."""
     if urlsplit(url).scheme != "rediss":
         return ""
-    return "; if this Redis does not use TLS, write redis:// instead of rediss://"
+    if "certificate" in why.lower():
+        return "; give the server's CA with ?ssl_ca_certs=/path/to/ca.pem (or ?ssl_cert_reqs=none to test)"
+    if any(sign in why for sign in ("Timeout", "SSL", "EOF")):
+        return "; if this Redis does not use TLS, write redis:// instead of rediss://"
+    return ""
 
 
 def create_redis(url: str) -> aioredis.Redis:
@@ -330,7 +335,12 @@ async def wait_for_redis(client: aioredis.Redis, url: str, *, sleep: Callable[[f
             raise
         except REDIS_DOWN as e:
             logger.warning(
-                "waiting for Redis at %s (%s%s); try %d, next in %.1f s", describe(url), e, tls_hint(url), tries, wait_s
+                "waiting for Redis at %s (%s%s); try %d, next in %.1f s",
+                describe(url),
+                e,
+                tls_hint(url, str(e)),
+                tries,
+                wait_s,
             )
             await sleep(wait_s)
             wait_s = min(MAX_RETRY_S, wait_s * 2)

@@ -7,6 +7,7 @@ validated whole before anything is stored.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import re
@@ -372,7 +373,12 @@ def open_to_the_network(settings: Settings) -> bool:
     """No ``ACETRACK_HTTP_TOKEN`` and a host other than loopback: anyone who reaches it can enqueue,
     cancel and read every record."""
     token = settings.http_token.get_secret_value() if settings.http_token else ""
-    return not token and settings.http_host not in ("127.0.0.1", "::1", "localhost")
+    if token or settings.http_host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(settings.http_host).is_loopback
+    except ValueError:  # a host name: whatever it names may be reachable
+        return True
 
 
 async def serve(settings: Settings) -> None:
@@ -383,12 +389,12 @@ async def serve(settings: Settings) -> None:
     runner = web.AppRunner(create_app(api_from_settings(settings, redis)), access_log=None)
     await runner.setup()
     try:
-        await listen(runner, settings.http_host, settings.http_port, "ACETRACK_HTTP_PORT (and ACETRACK_HTTP_HOST)")
+        await listen(runner, settings.http_host, settings.http_port, "ACETRACK_HTTP_PORT", "ACETRACK_HTTP_HOST")
         logger.info("acetrack API listening on http://%s:%s", settings.http_host, settings.http_port)
         if open_to_the_network(settings):
             logger.warning(
-                "the API answers anyone who can reach %s:%s, with no token: set ACETRACK_HTTP_TOKEN, "
-                "or ACETRACK_HTTP_HOST=127.0.0.1 to serve this machine only",
+                "the API answers anyone who can reach %s:%s, with no token: set ACETRACK_HTTP_TOKEN "
+                "(or, outside a container, ACETRACK_HTTP_HOST=127.0.0.1 to serve this machine only)",
                 settings.http_host,
                 settings.http_port,
             )

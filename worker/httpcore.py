@@ -7,9 +7,11 @@ theirs. Every error answers ``{"error": {"code", "message", "field"?}}``.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -139,13 +141,19 @@ def is_public_asset(path: str) -> bool:
     return path in ("/", "/docs") or path.startswith("/static/")
 
 
-async def listen(runner: web.AppRunner, host: str, port: int, setting: str) -> None:
-    """Start serving ``runner`` on ``host:port``; a port that cannot be had (taken, not allowed)
-    becomes a ``ConfigError`` that names ``setting``, the thing to change."""
+async def listen(runner: web.AppRunner, host: str, port: int, port_setting: str, host_setting: str) -> None:
+    """Start serving ``runner`` on ``host:port``; an address that cannot be had becomes a
+    ``ConfigError`` naming what to change: the port (taken, or below 1024 without root) or the host
+    (not this machine's, or no such name)."""
     try:
         await web.TCPSite(runner, host, port).start()
     except OSError as e:
-        raise ConfigError(
-            f"cannot listen on {host}:{port}: {e.strerror or e}; stop what holds the port, or choose another "
-            f"with {setting}"
-        ) from e
+        # asyncio's own text repeats the address; a name lookup's errno (< 0) is not an OS error number
+        why = os.strerror(e.errno) if e.errno and e.errno > 0 else (e.strerror or str(e))
+        if e.errno == errno.EADDRINUSE:
+            fix = f"stop what holds the port, or choose another with {port_setting}"
+        elif e.errno == errno.EACCES:
+            fix = f"ports below 1024 need root: choose another with {port_setting}"
+        else:
+            fix = f"{host!r} is not an address of this machine: set {host_setting} (0.0.0.0: every interface)"
+        raise ConfigError(f"cannot listen on {host}:{port} ({why}); {fix}") from e

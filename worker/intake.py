@@ -64,7 +64,7 @@ def check_deadline(value: Any) -> float | None:
         number = math.nan
     if not (1.0 <= number <= MAX_DEADLINE_S):
         # a float as typed (0, not 0.0: the CLI reads --deadline-s as a float)
-        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        shown = (str(int(value)) if value.is_integer() else repr(value)) if isinstance(value, float) else repr(value)
         raise InvalidInput("deadline_s", f"deadline_s {shown} must be a number from 1 to {MAX_DEADLINE_S:.0f}")
     return number
 

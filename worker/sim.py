@@ -240,7 +240,7 @@ async def run_sim(host: str, port: int, **knobs: Any) -> None:
     runner = web.AppRunner(create_app(**knobs), access_log=None)
     await runner.setup()
     try:
-        await listen(runner, host, port, "acetrack sim --port")
+        await listen(runner, host, port, "acetrack sim --port", "acetrack sim --host")
         bound_host, bound_port = runner.addresses[0][:2]
         logger.info("sim listening on http://%s:%s", bound_host, bound_port)
         await asyncio.Event().wait()

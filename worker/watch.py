@@ -1,10 +1,11 @@
 """``acetrack watch``: follow tasks until each is finished or unknown.
 
-On a terminal, a live bar per task in its state's colour and a totals line; piped, the last view
-once. With ``--json``, one JSON line whenever a task is first seen or its state, reason, progress or
-clips change (the record as ``status --json`` prints it; ``{"service", "id", "state": "unknown"}``
-for an id acetrack does not track), then a ``{"totals": {...}}`` line. Exit 0 when every watched
-task succeeded, 1 when one failed or is unknown.
+On a terminal, a live bar per task in its state's colour and a totals line; piped or redirected,
+a plain line whenever what it says of a task changes, then the totals line. With ``--json``, one
+JSON line whenever a task is first seen or its state, reason, progress or clips change (the record
+as ``status --json`` prints it; ``{"service", "id", "state": "unknown"}`` for an id acetrack does
+not track), then a ``{"totals": {...}}`` line. Exit 0 when every watched task succeeded, 1 when one
+failed or is unknown.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ async def watch(tracker: Tracker, args: argparse.Namespace) -> int:
     if args.json:
         records = await _follow_json(tracker.store, keys, args.interval_s)
         print(json.dumps({"totals": totals(records)}), flush=True)
-    elif _Console().is_terminal:
+    elif sys.stdout.isatty():
         records = await _follow_live(tracker.store, keys, args.interval_s)
     else:
         records = await _follow_lines(tracker.store, keys, args.interval_s)
@@ -158,13 +159,15 @@ async def _follow_json(store: Store, keys: list[Key], interval_s: float) -> list
 async def _follow_lines(store: Store, keys: list[Key], interval_s: float) -> list[Record | None]:
     """Piped or redirected: a plain line as each task changes (a file or a reader sees them as they
     come, where a live view would be printed once at the end), then the totals."""
-    seen: dict[Key, tuple[Any, ...]] = {}
+    printed: dict[Key, str] = {}
     records: list[Record | None] = []
     async for records in _rounds(store, keys, interval_s):
         for key, record in zip(keys, records, strict=True):
-            if seen.get(key) != (view := _view(record)):
-                seen[key] = view
-                print(f"{key[0]}/{key[1]}  {Text.from_markup(label(record)).plain}", flush=True)
+            progress = f", {record.progress}%" if record and not record.terminal and record.progress else ""
+            line = f"{key[0]}/{key[1]}  {Text.from_markup(label(record)).plain}{progress}"
+            if printed.get(key) != line:  # a line only when what it says changed
+                printed[key] = line
+                print(line, flush=True)
     print(totals_line(totals(records)), flush=True)
     return records
 

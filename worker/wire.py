@@ -11,9 +11,9 @@ from typing import Any
 
 from worker.errors import UpstreamUnavailable
 
-#: top-level fields of a task record that name the upstream account, not the task (the same on
-#: every task of a token): a finished record keeps the rest of the answer, not these
-ACCOUNT_FIELDS = frozenset({"_id", "api_id", "application_id", "credential_id", "user_id"})
+#: top-level fields of a task record that name the upstream account and API, not the task (the
+#: same on every task of a token and service): a finished record keeps the rest of the answer
+ACCOUNT_FIELDS = frozenset({"api_id", "application_id", "credential_id", "user_id"})
 
 
 def _as_float(value: Any) -> float | None:

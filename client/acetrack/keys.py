@@ -7,6 +7,7 @@ Only these are read or written by the client: the intake stream (enqueue), the r
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "acetrack"
@@ -35,6 +36,9 @@ RECORD_ZDICT = (
 #: the task hash's field of a record finished by an earlier acetrack, which packed only the raw
 #: upstream answer (base64 of zlib of its JSON) and kept the rest as JSON in ``record``
 RESPONSE_FIELD = "response"
+
+#: every dictionary a packed record may name, by its Adler-32 (the worker's ``RECORD_ZDICTS``)
+RECORD_ZDICTS = {zlib.adler32(RECORD_ZDICT): RECORD_ZDICT}
 
 
 @dataclass(frozen=True)

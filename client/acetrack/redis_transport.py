@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from acetrack.errors import InvalidInput, NotFound, Timeout, Unavailable, Unsupported
-from acetrack.keys import RECORD_FIELD, RECORD_ZDICT, RESPONSE_FIELD, Keys
+from acetrack.keys import RECORD_FIELD, RECORD_ZDICTS, RESPONSE_FIELD, Keys
 from acetrack.records import Event, Record
 from acetrack.rules import FIELDS, Intake
 
@@ -36,9 +36,26 @@ REJECTED_SCAN = 200
 
 
 def _unpack(packed: str) -> bytes:
-    """A packed field's JSON (base64 of zlib; zlib's header says if it needs ``RECORD_ZDICT``)."""
-    unpacker = zlib.decompressobj(zdict=RECORD_ZDICT)
-    return unpacker.decompress(base64.b64decode(packed)) + unpacker.flush()
+    """A packed field's JSON: base64 of zlib, with the dictionary zlib's header names, if any.
+
+    Raises:
+        Unsupported: a later acetrack packed it, with a dictionary this client does not know.
+        Unavailable: it is cut short.
+    """
+    data = base64.b64decode(packed)
+    zdict = b""
+    if len(data) >= 6 and data[1] & 0x20:  # zlib's FDICT flag: the dictionary's Adler-32 follows
+        dict_id = int.from_bytes(data[2:6], "big")
+        if dict_id not in RECORD_ZDICTS:
+            raise Unsupported(
+                f"a record packed with a dictionary unknown here ({dict_id:#010x}): upgrade acetrack-client"
+            )
+        zdict = RECORD_ZDICTS[dict_id]
+    unpacker = zlib.decompressobj(zdict=zdict)
+    unpacked = unpacker.decompress(data) + unpacker.flush()
+    if not unpacker.eof:
+        raise Unavailable("a stored record is cut short: it was not written whole")
+    return unpacked
 
 
 def _text(value: Any) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["__version__"]  # WorkerSettings is looked up by name (``arq worker.WorkerSettings``)
 
 

@@ -7,7 +7,7 @@ from acetrack.errors import AcetrackError, InvalidInput, NotFound, Timeout, Unau
 from acetrack.records import Clip, Event, Record
 from acetrack.sync import SyncClient
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AcetrackError",

@@ -200,15 +200,15 @@ def test_enqueue_piped_into_head_stores_every_id(cli: Cli) -> None:
     assert all(cli.db.exists(key) for key in keys)
 
 
+def _watching(cli: Cli, *args: str) -> subprocess.Popen[str]:
+    """``acetrack watch suno ARGS`` polling every 0.1 s, its stdout a pipe read by the test."""
+    command = [sys.executable, "-m", "worker", "watch", "suno", *args, "--interval-s", "0.1"]
+    return subprocess.Popen(command, env=cli.env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+
 async def test_watch_json_prints_a_line_per_change_then_totals(cli: Cli, real_redis_url: str) -> None:
     assert cli.run("enqueue", "suno", "live-1").returncode == 0
-    with subprocess.Popen(
-        [sys.executable, "-m", "worker", "watch", "suno", "live-1", "--json", "--interval-s", "0.1"],
-        env=cli.env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    with _watching(cli, "live-1", "--json") as proc:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())
         assert (first["id"], first["state"]) == ("live-1", "pending") and set(first) == RECORD_FIELDS
@@ -221,13 +221,7 @@ async def test_watch_json_prints_a_line_per_change_then_totals(cli: Cli, real_re
 
 async def test_watch_piped_prints_each_change_as_it_comes(cli: Cli, real_redis_url: str) -> None:
     assert cli.run("enqueue", "suno", "piped-1", "piped-2").returncode == 0
-    with subprocess.Popen(
-        [sys.executable, "-m", "worker", "watch", "suno", "piped-1", "piped-2", "--interval-s", "0.1"],
-        env=cli.env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    with _watching(cli, "piped-1", "piped-2") as proc:
         assert proc.stdout is not None
         assert [proc.stdout.readline() for _ in range(2)] == ["suno/piped-1  pending\n", "suno/piped-2  pending\n"]
         await finish(real_redis_url, "piped-1", succeed=True)

@@ -28,7 +28,8 @@ from config import Settings
 from worker import jobs, sim
 from worker.clock import Clock, FakeClock, system_clock
 from worker.control import Control
-from worker.http import Api, api_from_settings, create_app, open_to_the_network
+from worker.http import Api, api_from_settings, create_app
+from worker.http_serve import open_to_the_network
 from worker.models import Reason, Record, TaskState
 from worker.store import Store
 

@@ -37,3 +37,14 @@ def test_conftest_keeps_fixtures_and_the_helpers_live_in_their_modules() -> None
     conftest = next(m for n, m in sys.modules.items() if getattr(m, "__file__", "") == str(TESTS / "conftest.py"))
     assert conftest.SKIPPED_REAL is support.SKIPPED_REAL  # one list, counted by the summary line
     assert servers.free_port is not None and receivers.serve is not None
+
+
+def test_no_module_of_the_server_is_over_400_lines() -> None:
+    # one concept per module: a module past 400 lines holds two (split it along its seam)
+    root = Path(__file__).parent.parent
+    sizes = {
+        p.relative_to(root): len(p.read_text(encoding="utf-8").splitlines())
+        for d in ("worker", "config")
+        for p in (root / d).rglob("*.py")
+    }
+    assert sizes and not {str(p): n for p, n in sizes.items() if n > 400}

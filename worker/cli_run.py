@@ -131,7 +131,7 @@ def dispatch(args: argparse.Namespace) -> int:
         run_loop(run_worker(settings))
         return EXIT_OK
     if args.command == "serve":
-        from worker.http import serve
+        from worker.http_serve import serve
         from worker.startup import check_api
 
         check_api(settings)

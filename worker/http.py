@@ -1,4 +1,4 @@
-"""``acetrack serve``: the HTTP API of DESIGN.md §5 (aiohttp).
+"""The HTTP API of DESIGN.md §5 (aiohttp): the app and its routes; ``worker.http_serve`` runs it.
 
 Every error answers ``{"error": {"code", "message", "field"?}}``. A ``POST /tasks`` request is
 validated whole before anything is stored.
@@ -6,8 +6,6 @@ validated whole before anything is stored.
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import logging
 import math
 import re
@@ -21,9 +19,8 @@ from config import Settings
 from worker import dashboard, metrics, sse, waiters
 from worker.cadence import first_poll_ms
 from worker.callbacks import ID_PLACES, callback_task_id, key_matches
-from worker.connect import create_redis
 from worker.control import collect_stats, decode_cursor, encode_cursor, live_workers
-from worker.errors import ConfigError, InvalidInput
+from worker.errors import InvalidInput
 from worker.httpcore import (
     API,
     MAX_BODY_BYTES,
@@ -31,7 +28,6 @@ from worker.httpcore import (
     ApiError,
     auth_middleware,
     errors_middleware,
-    listen,
     read_json,
 )
 from worker.intake import EnqueueRequest, build_request, check_id, check_service
@@ -42,7 +38,7 @@ from worker.store import Cursor
 from worker.waiters import FOLLOWER, get_or_wait
 from worker.webhooks import screen
 
-__all__ = ["API", "Api", "ApiError", "api_from_settings", "create_app", "serve"]
+__all__ = ["API", "Api", "ApiError", "api_from_settings", "create_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -367,38 +363,3 @@ def api_from_settings(settings: Settings, redis: aioredis.Redis) -> Api:
         callback_enqueue=settings.callback_enqueue,
         rate_limit_rps=settings.rate_limit_rps,
     )
-
-
-def open_to_the_network(settings: Settings) -> bool:
-    """No ``ACETRACK_HTTP_TOKEN`` and a host other than loopback: anyone who reaches it can enqueue,
-    cancel and read every record."""
-    token = settings.http_token.get_secret_value() if settings.http_token else ""
-    if token or settings.http_host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(settings.http_host).is_loopback
-    except ValueError:  # a host name: whatever it names may be reachable
-        return True
-
-
-async def serve(settings: Settings) -> None:
-    """Serve the API on ``ACETRACK_HTTP_HOST:ACETRACK_HTTP_PORT`` until cancelled."""
-    if settings.redis_url is None:
-        raise ConfigError("ACETRACK_REDIS_URL is not set; e.g. redis://localhost:6379/0")
-    redis = create_redis(settings.redis_url)
-    runner = web.AppRunner(create_app(api_from_settings(settings, redis)), access_log=None)
-    await runner.setup()
-    try:
-        await listen(runner, settings.http_host, settings.http_port, "ACETRACK_HTTP_PORT", "ACETRACK_HTTP_HOST")
-        logger.info("acetrack API listening on http://%s:%s", settings.http_host, settings.http_port)
-        if open_to_the_network(settings):
-            logger.warning(
-                "the API answers anyone who can reach %s:%s, with no token: set ACETRACK_HTTP_TOKEN "
-                "(or, outside a container, ACETRACK_HTTP_HOST=127.0.0.1 to serve this machine only)",
-                settings.http_host,
-                settings.http_port,
-            )
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-        await redis.aclose()

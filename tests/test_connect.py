@@ -11,7 +11,7 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 from support import require_real_redis
 
-from worker.connect import CONNECT_TIMEOUT_S, HiredisPacking, create_redis, packing_class, tls_hint
+from worker.connect import HiredisPacking, create_redis, packing_class, tls_hint
 
 ARG = st.one_of(
     st.text(),
@@ -109,11 +109,3 @@ async def test_a_pooled_connection_the_server_closed_is_connected_again(
 def test_a_failed_tls_connect_says_what_to_look_at(url: str, why: str, words: str) -> None:
     hint = tls_hint(url, why)
     assert words in hint if words else hint == ""
-
-
-def test_a_connect_times_out_after_ten_seconds_unless_the_url_says() -> None:
-    def timeout_of(url: str) -> object:
-        return create_redis(url).connection_pool.connection_kwargs["socket_connect_timeout"]
-
-    assert timeout_of("redis://h:6379/0") == CONNECT_TIMEOUT_S == 10.0
-    assert timeout_of("rediss://h:6380/0?socket_connect_timeout=2.5") == 2.5

@@ -174,11 +174,6 @@ class SentinelUrl:
 SENTINEL_CLIENT_NAME = "acetrack"
 
 
-#: how long a connection (TLS handshake included) may take unless the URL sets
-#: ``socket_connect_timeout``: without it, TLS against a server that does not speak it waits 60 s
-CONNECT_TIMEOUT_S = 10.0
-
-
 def tls_hint(url: str, why: str) -> str:
     """What to add after ``why`` a connect to a ``rediss://`` URL failed: a certificate that was
     not accepted wants its CA; a handshake that hung or broke off, a server that may not speak TLS."""
@@ -195,9 +190,7 @@ def create_redis(url: str) -> aioredis.Redis:
     """A ``decode_responses`` client for ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URLs."""
     sentinel_url = SentinelUrl.parse(url)
     if sentinel_url is None:
-        # the URL's own socket_connect_timeout, if any, wins: redis-py reads it over these arguments
-        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_S)
-        return fast_packing(client)
+        return fast_packing(aioredis.Redis.from_url(url, decode_responses=True))
     # named, so an operator (and a test) can tell acetrack's connections in a Sentinel's CLIENT LIST
     sentinel_kwargs = {"client_name": SENTINEL_CLIENT_NAME}
     sentinel = Sentinel(sentinel_url.nodes, sentinel_kwargs=sentinel_kwargs, decode_responses=True)  # type: ignore[no-untyped-call]

@@ -292,6 +292,11 @@ async def test_watch_on_a_terminal_paints_a_failed_bar_red_and_counts_rows_it_ca
     [
         (["sim", "--port", "{port}"], {}, "acetrack sim --port"),
         (["serve"], {"ACETRACK_HTTP_PORT": "{port}"}, "ACETRACK_HTTP_PORT"),
+        (
+            ["worker"],
+            {"ACETRACK_WORKER_METRICS_PORT": "{port}", "ACETRACK_API_TOKEN": "t"},
+            "ACETRACK_WORKER_METRICS_PORT (0: none)",
+        ),
     ],
 )
 def test_a_port_already_taken_names_what_to_change(
@@ -302,7 +307,8 @@ def test_a_port_already_taken_names_what_to_change(
         taken.listen()
         port = str(taken.getsockname()[1])
         args = [a.format(port=port) for a in command]
-        extra = {k: v.format(port=port) for k, v in env.items()} | {"ACETRACK_HTTP_HOST": "127.0.0.1"}
+        hosts = {"ACETRACK_HTTP_HOST": "127.0.0.1", "ACETRACK_WORKER_METRICS_HOST": "127.0.0.1"}
+        extra = {k: v.format(port=port) for k, v in env.items()} | hosts
         result = cli.run(*args, env=cli.env | extra)
     assert result.returncode == 2, result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and names in result.stderr

@@ -8,6 +8,9 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+from worker.errors import ConfigError
+from worker.httpcore import listen
+
 OBSERVATIONS = Counter(
     "acetrack_observations_total", "Task statuses observed upstream (one id in one poll)", ["service"]
 )
@@ -44,5 +47,9 @@ async def serve_metrics(host: str, port: int) -> web.AppRunner:
     app.router.add_get("/metrics", metrics_handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await listen(runner, host, port, "ACETRACK_WORKER_METRICS_PORT (0: none)", "ACETRACK_WORKER_METRICS_HOST")
+    except ConfigError:
+        await runner.cleanup()
+        raise
     return runner

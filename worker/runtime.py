@@ -25,7 +25,6 @@ from worker import hooks as hooks_mod
 from worker import metrics
 from worker.clock import Clock
 from worker.connect import create_redis
-from worker.errors import ConfigError
 from worker.parts import Parts, worker_parts
 from worker.queue import ArqJobQueue
 from worker.scheduler import Scheduler
@@ -132,13 +131,8 @@ class Runtime:
         port = self.settings.worker_metrics_port
         if not port or self.metrics_runner is not None:
             return
-        try:
-            self.metrics_runner = await metrics.serve_metrics(self.settings.worker_metrics_host, port)
-        except OSError as e:
-            raise ConfigError(
-                f"ACETRACK_WORKER_METRICS_PORT: cannot serve metrics on {self.settings.worker_metrics_host}:{port} "
-                f"({e.strerror or e}); choose a free port, or 0 for none"
-            ) from e
+        # an address that cannot be had is a ConfigError naming the setting to change
+        self.metrics_runner = await metrics.serve_metrics(self.settings.worker_metrics_host, port)
 
     async def stop(self) -> None:
         """Stop the loops, close the session and the store's client."""

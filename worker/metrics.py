@@ -8,9 +8,6 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-from worker.errors import ConfigError
-from worker.httpcore import listen
-
 OBSERVATIONS = Counter(
     "acetrack_observations_total", "Task statuses observed upstream (one id in one poll)", ["service"]
 )
@@ -41,15 +38,10 @@ async def metrics_handler(_: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
 
 
-async def serve_metrics(host: str, port: int) -> web.AppRunner:
-    """Serve ``/metrics`` on ``host:port`` in this event loop; the caller cleans the runner up."""
+async def metrics_runner() -> web.AppRunner:
+    """An app serving ``/metrics``, set up but not listening yet: the caller binds it and cleans it up."""
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    try:
-        await listen(runner, host, port, "ACETRACK_WORKER_METRICS_PORT (0: none)", "ACETRACK_WORKER_METRICS_HOST")
-    except ConfigError:
-        await runner.cleanup()
-        raise
     return runner

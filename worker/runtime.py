@@ -25,6 +25,8 @@ from worker import hooks as hooks_mod
 from worker import metrics
 from worker.clock import Clock
 from worker.connect import create_redis
+from worker.errors import ConfigError
+from worker.httpcore import listen
 from worker.parts import Parts, worker_parts
 from worker.queue import ArqJobQueue
 from worker.scheduler import Scheduler
@@ -131,8 +133,14 @@ class Runtime:
         port = self.settings.worker_metrics_port
         if not port or self.metrics_runner is not None:
             return
-        # an address that cannot be had is a ConfigError naming the setting to change
-        self.metrics_runner = await metrics.serve_metrics(self.settings.worker_metrics_host, port)
+        runner = await metrics.metrics_runner()
+        host = self.settings.worker_metrics_host
+        try:
+            await listen(runner, host, port, "ACETRACK_WORKER_METRICS_PORT (0: none)", "ACETRACK_WORKER_METRICS_HOST")
+        except ConfigError:
+            await runner.cleanup()  # a start that fails leaves nothing behind
+            raise
+        self.metrics_runner = runner
 
     async def stop(self) -> None:
         """Stop the loops, close the session and the store's client."""

@@ -4,8 +4,10 @@ makes a real worker confirm a finished task long before its scheduled poll."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,6 +29,7 @@ from worker.store import CALLBACK_WINDOW, Claimed, Store
 MakeSim = Callable[..., Awaitable[tuple[str, SimState]]]
 KEY = "cb-key-0123456789"
 NOW_MS = 1_767_000_000_000
+SEEDS = Path(__file__).parent / "seeds"
 
 
 @pytest.mark.parametrize(
@@ -45,6 +48,33 @@ NOW_MS = 1_767_000_000_000
 )
 def test_the_task_id_is_found_where_the_upstream_puts_it(body: Any, expected: str | None) -> None:
     assert callback_task_id(body) == expected
+
+
+@pytest.mark.parametrize("seed", ["suno_retrieve.json", "producer_retrieve.json"])
+def test_the_task_id_is_found_in_the_seeds_task_shapes(seed: str) -> None:
+    task = json.loads((SEEDS / seed).read_text())
+    assert callback_task_id(task) == task["id"]  # the whole task, as a retrieve answers it
+    assert callback_task_id(task["response"]) == task["id"]  # its response: {success, task_id, data}
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [(b"not json", "invalid_json"), (b"", "invalid_json"), (b'[{"task_id": "t1"}]', "invalid"), (b"7", "invalid")],
+)
+async def test_a_garbage_callback_is_a_400_and_stores_nothing(
+    backend: Backend, session: aiohttp.ClientSession, body: bytes, code: str
+) -> None:
+    store = backend.store()
+    await store.register(EnqueueRequest("suno", "t1"), NOW_MS, deadline_s=600, first_due_ms=NOW_MS + 60_000)
+    keys_before = sorted(await backend.redis.keys("*"))
+    server, url = await serve_api(store, callback_key=KEY, callback_enqueue=True, clock=lambda: NOW_MS)
+    try:
+        async with session.post(f"{url}/callbacks/suno?key={KEY}", data=body) as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["code"] == code
+    finally:
+        await server.close()
+    assert sorted(await backend.redis.keys("*")) == keys_before
+    assert await backend.redis.zscore(store.due_key("suno", "default"), "t1") == NOW_MS + 60_000
 
 
 async def serve_api(store: Store, **api_kwargs: Any) -> tuple[TestServer, str]:
@@ -157,6 +187,50 @@ async def test_a_callback_has_a_real_worker_confirm_the_task_before_its_schedule
     assert done and record is not None and record.finished_at_ms is not None
     assert record.finished_at_ms < scheduled_ms  # in that order: confirmed long before its own poll
     assert [e.ids for e in state.log] == [["cb-1"]]  # one request, the callback's confirmation
+
+
+async def test_a_forged_callback_for_a_running_task_does_not_finish_it(
+    real_backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    sim_url, state = await make_sim(auto=False)
+    state.add_task("suno", "cb-run", script="succeed", run_s=600.0)  # runs for ten minutes
+    async with worker_and_api(real_backend, sim_url) as (store, url):
+        async with session.post(f"{url}/tasks", json={"service": "suno", "id": "cb-run"}) as resp:
+            assert resp.status == 202
+        forged = {"success": True, "task_id": "cb-run", "data": [{"id": "x", "state": "succeeded"}]}
+        async with session.post(f"{url}/callbacks/suno?key={KEY}", json=forged) as resp:
+            assert (await resp.json())["hint"] == "hinted"
+        assert await eventually(lambda: _polled(store, "cb-run"), timeout_s=20)
+    record = await store.get("suno", "cb-run")
+    assert record is not None and record.state is TaskState.PENDING  # the confirming poll said running
+    assert record.attempts == 1 and record.finished_at_ms is None
+    assert [e.ids for e in state.log] == [["cb-run"]]  # one request: the confirmation
+
+
+async def test_ten_thousand_callbacks_for_one_task_cause_one_confirming_poll(
+    real_backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    sim_url, state = await make_sim(auto=False)
+    state.add_task("suno", "cb-many", script="succeed", run_s=0.0, clip_gap_s=0.0)
+    async with worker_and_api(real_backend, sim_url) as (store, url):
+        async with session.post(f"{url}/tasks", json={"service": "suno", "id": "cb-many"}) as resp:
+            assert resp.status == 202
+
+        async def call_back() -> str:
+            async with session.post(f"{url}/callbacks/suno?key={KEY}", json={"task_id": "cb-many"}) as resp:
+                return str((await resp.json())["hint"])
+
+        # they race the worker's poll: some come before it, some while it is in flight, some after
+        hints = await asyncio.gather(*(call_back() for _ in range(10_000)))
+        assert await eventually(lambda: _succeeded(store, "cb-many"), timeout_s=20)
+    assert hints.count("hinted") == 1 and len(hints) == 10_000
+    assert set(hints) <= {"hinted", "due", "in_flight", "finished"}
+    assert [e.ids for e in state.log] == [["cb-many"]]  # one request in all
+
+
+async def _polled(store: Store, task_id: str) -> bool:
+    record = await store.get("suno", task_id)
+    return record is not None and record.attempts > 0
 
 
 async def _succeeded(store: Store, task_id: str) -> bool:

@@ -9,10 +9,15 @@ task; ``FanOut`` (served in the benchmark's own process) forwards it to each ace
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from bench.targets import CALLBACK_ANSWER_MS
+from bench.workload import percentile
 
 KEY = "bench-callback-key"
 
@@ -23,6 +28,9 @@ class FanOut:
     def __init__(self) -> None:
         self.targets: list[str] = []
         self.received = 0
+        #: per target URL: how long each forwarded callback took to be answered (ms), and the statuses
+        self.answers_ms: dict[str, list[float]] = {}
+        self.statuses: dict[str, dict[int, int]] = {}
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.url = ""
@@ -44,8 +52,27 @@ class FanOut:
 
     async def _forward(self, url: str, body: bytes) -> None:
         assert self._session is not None
+        started = time.perf_counter()
         async with self._session.post(url, data=body, headers={"content-type": "application/json"}) as resp:
             await resp.read()
+        self.answers_ms.setdefault(url, []).append((time.perf_counter() - started) * 1000)
+        counts = self.statuses.setdefault(url, {})
+        counts[resp.status] = counts.get(resp.status, 0) + 1
+
+    def answer_stats(self, url: str) -> dict[str, Any]:
+        """How ``url`` answered its callbacks: count, statuses, p50/p99/max ms (real time: the route's
+        answer does not scale with ``--scale``), and how many took longer than ``CALLBACK_ANSWER_MS``."""
+        times = sorted(self.answers_ms.get(url, []))
+        if not times:
+            return {"n": 0}
+        return {
+            "n": len(times),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.get(url, {}).items())},
+            "p50_ms": round(percentile(times, 50), 1),
+            "p99_ms": round(percentile(times, 99), 1),
+            "max_ms": round(times[-1], 1),
+            "over_target": sum(1 for t in times if t > CALLBACK_ANSWER_MS),
+        }
 
     async def close(self) -> None:
         if self._session is not None:

@@ -161,6 +161,11 @@ def contender_metrics(
             busy = max(0.0, run.cpu_s - run.idle_cpu_per_s * run.wall_s)
             out["idle_cpu_s_per_s"] = round(run.idle_cpu_per_s, 4)
             out["cpu_ms_per_observation_net_of_idle"] = round(busy / req["observations"] * 1000, 4)
+    redis_cpu_s = run.extra.get("redis_cpu_s")
+    if redis_cpu_s is not None and req["observations"]:
+        # the single-Redis ceiling: one Redis core at this cost per observation
+        out["redis_cpu_ms_per_observation"] = round(redis_cpu_s / req["observations"] * 1000, 4)
+        out["single_redis_observations_per_s"] = int(req["observations"] / max(1e-9, redis_cpu_s))
     if run.kind == "acetrack":
         out["latency_by_regime_s"] = {k: _stats(v) for k, v in regimes.items()}
         step = max(1, len(run.learned) // 60)

@@ -42,6 +42,11 @@ async def run_phase(
             fan.targets = [url for side in acetracks if (url := side.callback_url)]
         phase = await _measure(args, workload, scale, sim, sim_url, acetracks, sdks)
         phase["contenders"] = names
+        if fan is not None:
+            urls = {side.name: side.callback_url for side in acetracks}
+            for run in phase["runs"]:
+                if url := urls.get(run.name):
+                    run.extra["callback_answer"] = fan.answer_stats(url)
         return phase
     finally:
         for sdk_side in sdks:
@@ -103,6 +108,8 @@ async def _measure(
     for sdk_side in sdks:
         sdk_side.go(t0)
     cpu_start = [side.cpu_each() for side in acetracks]
+    for side in acetracks:
+        side.redis_cpu_start_s = await side.redis_cpu_s()
     sim_cpu_start = procs.cpu_seconds(sim.pid) or 0.0
     created: dict[str, float] = {}
     feeder = asyncio.create_task(feed(workload, scale, t0, sim_url, acetracks, created))

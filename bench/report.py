@@ -59,8 +59,8 @@ def _table(ms: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| contender | tasks | requests | req/task | 429s | ids/request | p50 | p95 | p99 | correct | "
         "wrong: early success | wrong: failed w/ good clip | wrong: other | no verdict | CPU ms/obs | "
-        "Redis B/pending task | peak req/s | capacity @50 req/s |",
-        "|" + "---|" * 18,
+        "Redis CPU ms/obs | Redis B/pending task | peak req/s | capacity @50 req/s |",
+        "|" + "---|" * 19,
     ]
     for m in ms:
         lines.append("| " + " | ".join(_fmt(x) for x in _row(m)) + " |")
@@ -85,6 +85,7 @@ def _row(m: dict[str, Any]) -> tuple[Any, ...]:
         o.get("wrong_other", 0),
         o.get("no_verdict", 0),
         m.get("cpu_ms_per_observation"),
+        m.get("redis_cpu_ms_per_observation"),
         m["memory"].get("bytes_per_pending_task"),
         m["peak_rps_1s"],
         m["capacity"]["tasks"],
@@ -118,9 +119,20 @@ def _diagnostics(result: dict[str, Any]) -> list[str]:
             f"idle loops ({m.get('idle_cpu_s_per_s')} cores idle; by worker {m.get('worker_cpu_s', '-')} s, "
             f"claimed batches {m.get('worker_claims', '-')}). Redis per pending task: task hash "
             f"{mem.get('task_hash_bytes')} B (max {mem.get('task_hash_bytes_max')}), sorted-set entries "
-            f"{mem.get('zset_bytes_per_member')} B."
+            f"{mem.get('zset_bytes_per_member')} B. Redis CPU {m.get('redis_cpu_ms_per_observation')} ms/observation "
+            f"(one Redis core: ~{m.get('single_redis_observations_per_s')} observations/s)." + _callback_answers(m)
         )
     return lines
+
+
+def _callback_answers(m: dict[str, Any]) -> str:
+    answers = m.get("callback_answer")
+    if not answers or not answers.get("n"):
+        return ""
+    return (
+        f" Callbacks answered: {answers['n']} (statuses {answers['statuses']}), p50/p99/max "
+        f"{answers['p50_ms']}/{answers['p99_ms']}/{answers['max_ms']} ms, {answers['over_target']} over 50 ms."
+    )
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

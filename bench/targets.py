@@ -12,6 +12,7 @@ CPU_TARGET_MS_PER_OBS = 0.1
 MEMORY_TARGET_BYTES = 2048
 FINISHED_TARGET_BYTES = 3072
 REQUEST_RATIO_TARGET = 50.0
+CALLBACK_ANSWER_MS = 50.0
 
 
 def targets(metrics: list[dict[str, Any]], tasks: int, hotpath: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
@@ -33,7 +34,21 @@ def _contender_targets(m: dict[str, Any], baseline: dict[str, Any] | None, tasks
         _cpu_target(m),
         *_memory_targets(m),
         _target(m["name"], "zero wrong outcomes", m["wrong_total"] == 0, f"{m['wrong_total']} wrong"),
+        *_callback_targets(m),
     ]
+
+
+def _callback_targets(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """With the upstream's callbacks: each answered within ``CALLBACK_ANSWER_MS`` (issue 22)."""
+    answers = m.get("callback_answer")
+    if not answers or not answers.get("n"):
+        return []
+    detail = (
+        f"{answers['n']} callbacks, p99 {answers['p99_ms']} ms, max {answers['max_ms']} ms, "
+        f"{answers['over_target']} over; statuses {answers['statuses']}"
+    )
+    met = answers["over_target"] == 0 and set(answers["statuses"]) == {"202"}
+    return [_target(m["name"], f"every callback answered 202 within {CALLBACK_ANSWER_MS:g} ms", met, detail)]
 
 
 def _capacity_target(m: dict[str, Any]) -> dict[str, Any]:

@@ -355,3 +355,27 @@ async def test_a_callback_while_a_poll_is_in_flight_makes_the_task_due_when_it_a
     )
     assert written and await backend.redis.zscore(store.due_key("suno", "default"), "t1") == NOW_MS + 500
     assert not await backend.redis.hexists(store.task_key("suno", "t1"), "hint_ms")  # used once
+
+
+async def test_a_callback_puts_its_task_ahead_of_a_backlog_of_due_polls(backend: Backend) -> None:
+    # the rate budget fell short: 120 polls are overdue, oldest first; a callback's task jumps them
+    store = backend.store()
+    for n in range(120):
+        req = EnqueueRequest("suno", f"late-{n}")
+        await store.register(req, NOW_MS - 90_000, deadline_s=600, first_due_ms=NOW_MS - 60_000 + n)
+    for task_id, due_ms in (("cb-later", NOW_MS + 60_000), ("cb-due", NOW_MS - 30_000), ("cb-held", NOW_MS - 70_000)):
+        await store.register(EnqueueRequest("suno", task_id), NOW_MS - 90_000, deadline_s=600, first_due_ms=due_ms)
+    held = await store.claim("suno", "default", NOW_MS, batch=1, coalesce_ms=0, lease_ms=30_000, rate_rps=1e6)
+    assert isinstance(held, Claimed) and held.ids == ["cb-held"]  # its poll is in flight
+    assert await store.hint("suno", "cb-held", NOW_MS) == "in_flight"
+    assert await store.hint("suno", "cb-later", NOW_MS) == "hinted"
+    assert await store.hint("suno", "cb-due", NOW_MS + 1) == "due"  # due already, behind 60 others
+    # the in-flight poll answers "running": the write makes its task due ahead of the backlog too
+    [written] = await store.run_calls(
+        [store.touch_call("suno", "default", held.claim_id, [("cb-held", NOW_MS + 60_000, "")])]
+    )
+    assert written
+    got = await store.claim("suno", "default", NOW_MS + 2, batch=3, coalesce_ms=0, lease_ms=30_000, rate_rps=1e6)
+    assert isinstance(got, Claimed) and sorted(got.ids) == ["cb-due", "cb-held", "cb-later"]
+    again = await store.claim("suno", "default", NOW_MS + 3, batch=50, coalesce_ms=0, lease_ms=30_000, rate_rps=1e6)
+    assert isinstance(again, Claimed) and again.ids == [f"late-{n}" for n in range(50)]  # then oldest first

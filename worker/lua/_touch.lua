@@ -5,12 +5,13 @@
 -- ARGV: 1 claim id, then per id 3 values: id, next_due_ms, sched
 -- Returns how many ids were written.
 -- (``touch.lua`` runs it alone; ``write.lua`` runs many writes of one poll in one step.)
--- a callback that came while this poll was in flight (hint.lua) makes the task due at its time
-local function due_after_hint(key, due_ms)
+-- a callback that came while this poll was in flight (hint.lua) makes the task due at its time,
+-- first among the due ids (_front.lua)
+local function due_after_hint(key, due_key, id, due_ms)
   local hinted = redis.call('HGET', key, 'hint_ms')
   if not hinted then return due_ms end
   redis.call('HDEL', key, 'hint_ms')
-  return math.min(tonumber(hinted), tonumber(due_ms))
+  return ahead_of_backlog(due_key, id, math.min(tonumber(hinted), tonumber(due_ms)))
 end
 
 local function touch(KEYS, ARGV)
@@ -21,7 +22,7 @@ local function touch(KEYS, ARGV)
     if now[1] == 'pending' and now[2] == ARGV[1] then
       redis.call('HDEL', key, 'claim')
       redis.call('HSET', key, 'sched', ARGV[i + 2])
-      redis.call('ZADD', KEYS[1], due_after_hint(key, ARGV[i + 1]), ARGV[i])
+      redis.call('ZADD', KEYS[1], due_after_hint(key, KEYS[1], ARGV[i], ARGV[i + 1]), ARGV[i])
       n = n + 1
     end
   end

@@ -12,7 +12,7 @@ local function update(KEYS, ARGV)
   if redis.call('HGET', KEYS[1], 'claim') ~= ARGV[1] then return 0 end
   redis.call('HSET', KEYS[1], 'record', ARGV[2], 'sched', ARGV[4])
   redis.call('HDEL', KEYS[1], 'claim')
-  redis.call('ZADD', KEYS[2], due_after_hint(KEYS[1], ARGV[3]), ARGV[5])
+  redis.call('ZADD', KEYS[2], due_after_hint(KEYS[1], KEYS[2], ARGV[5], ARGV[3]), ARGV[5])
   emit(KEYS[3], ARGV[7], KEYS[4], ARGV[8], tonumber(ARGV[9]), ARGV[6], cjson.decode(ARGV[10]))
   return 1
 end

@@ -25,15 +25,15 @@ SCRIPTS = (
 )
 #: shared Lua preludes (``lua/_<name>.lua``) each script is prefixed with
 PRELUDES: dict[str, tuple[str, ...]] = {
-    "update": ("_events", "_touch", "_update"),
+    "update": ("_events", "_front", "_touch", "_update"),
     "finish": ("_events", "_finish"),
-    "touch": ("_touch",),
-    "write": ("_events", "_touch", "_update", "_finish"),
+    "touch": ("_front", "_touch"),
+    "write": ("_events", "_front", "_touch", "_update", "_finish"),
     "claim": ("_rows",),
     "load": ("_rows",),
     "register": ("_wake",),
     "release": ("_wake",),
-    "hint": ("_wake",),
+    "hint": ("_wake", "_front"),
 }
 
 

@@ -99,12 +99,33 @@ def _usual_at(learned: list[tuple[float, float]], at_s: float) -> float | None:
     return learned[i][1] if i >= 0 else None
 
 
+#: the width of the windows of finish time ``by_window`` groups latencies and requests in (unscaled)
+WINDOW_S = 10.0
+
+
+def by_window(
+    finished: list[tuple[float, float]], request_times: list[float], origin: float, scale: float
+) -> list[Any]:
+    """Per ``WINDOW_S`` of unscaled time from ``origin`` (epoch s, real): the finishes found in it
+    (by upstream finish time), their p95 detection latency, and the requests sent in it per second.
+    Shows where a run's p95 comes from: a burst's busiest windows, when the budget runs short."""
+    windows: dict[int, list[float]] = {}
+    for at, latency in finished:
+        windows.setdefault(int((at - origin) / scale // WINDOW_S), []).append(latency)
+    sent = Counter(int((at - origin) / scale // WINDOW_S) for at in request_times)
+    return [
+        [int(w * WINDOW_S), len(lat), round(percentile(sorted(lat), 95), 2), round(sent[w] / WINDOW_S, 1)]
+        for w, lat in sorted(windows.items())
+    ]
+
+
 def _scored(
     run: ContenderRun, specs: dict[str, TaskSpec], created: dict[str, float], scale: float
-) -> tuple[Counter[str], list[float], dict[str, list[float]], Counter[str]]:
+) -> tuple[Counter[str], list[float], dict[str, list[float]], Counter[str], list[tuple[float, float]]]:
     outcomes: Counter[str] = Counter()
     notes: Counter[str] = Counter()
     latencies: list[float] = []
+    finished: list[tuple[float, float]] = []  # (upstream finish, epoch s real; latency, unscaled s)
     regimes: dict[str, list[float]] = {"young": [], "overdue": []}
     for task_id in run.ids:
         spec = specs[task_id]
@@ -117,17 +138,18 @@ def _scored(
             continue
         latencies.append(latency)
         finish = spec.finish_s
+        finished.append((created[task_id] + (finish or 0.0) * scale, latency))
         usual = _usual_at(run.learned, created[task_id] + (finish or 0.0) * scale)
         if run.kind == "acetrack" and usual is not None and finish is not None:
             regimes["overdue" if finish > usual else "young"].append(latency)
-    return outcomes, latencies, regimes, notes
+    return outcomes, latencies, regimes, notes, finished
 
 
 def contender_metrics(
     run: ContenderRun, workload: Workload, created: dict[str, float], rows: list[list[Any]], scale: float, end_s: float
 ) -> dict[str, Any]:
     specs = {t.id: t for t in workload.tasks}
-    outcomes, latencies, regimes, notes = _scored(run, specs, created, scale)
+    outcomes, latencies, regimes, notes, finished = _scored(run, specs, created, scale)
     req = request_stats(rows, run.token, scale)
     n = len(run.ids)
     wrong = sum(v for k, v in outcomes.items() if k.startswith("wrong"))
@@ -168,6 +190,9 @@ def contender_metrics(
         out["single_redis_observations_per_s"] = int(req["observations"] / max(1e-9, redis_cpu_s))
     if run.kind == "acetrack":
         out["latency_by_regime_s"] = {k: _stats(v) for k, v in regimes.items()}
+        sent = [r[0] for r in rows if r[1] == run.token]
+        # [window start s, finishes, p95 s, req/s], from the first arrival
+        out["by_finish_window"] = by_window(finished, sent, min(created.values(), default=0.0), scale)
         step = max(1, len(run.learned) // 60)
         out["learned_usual_lifetime_s"] = [(round(t, 2), round(u, 1)) for t, u in run.learned[::step]]
     return out

@@ -120,9 +120,21 @@ def _diagnostics(result: dict[str, Any]) -> list[str]:
             f"claimed batches {m.get('worker_claims', '-')}). Redis per pending task: task hash "
             f"{mem.get('task_hash_bytes')} B (max {mem.get('task_hash_bytes_max')}), sorted-set entries "
             f"{mem.get('zset_bytes_per_member')} B. Redis CPU {m.get('redis_cpu_ms_per_observation')} ms/observation "
-            f"(one Redis core: ~{m.get('single_redis_observations_per_s')} observations/s)." + _callback_answers(m)
+            f"(one Redis core: ~{m.get('single_redis_observations_per_s')} observations/s)."
+            + _callback_answers(m)
+            + _windows(m)
         )
     return lines
+
+
+def _windows(m: dict[str, Any]) -> str:
+    """The busiest windows of finish time (most finishes), with their p95 and request rate."""
+    windows = m.get("by_finish_window") or []
+    busiest = sorted(sorted(windows, key=lambda w: -w[1])[:6])
+    if not busiest:
+        return ""
+    shown = ", ".join(f"{at}-{at + 10} s: {n} finishes, p95 {p95} s, {rps} req/s" for at, n, p95, rps in busiest)
+    return f" Busiest 10 s windows of finish time (from the first arrival): {shown}."
 
 
 def _callback_answers(m: dict[str, Any]) -> str:

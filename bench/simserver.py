@@ -6,7 +6,8 @@ unchanged on a free loopback port and prints ``PORT <n>`` when ready. Added rout
 - ``POST /_bench/tasks``: ``[{"id", "script", "run_s", "clip_gap_s"}, ...]`` (already scaled) are created
   now on the sim's clock; answers ``{"created_at": [epoch s, ...]}`` so ground truth is exact.
 - ``GET /_bench/log?since=i``: the request log from entry ``i`` as compact rows
-  ``[at_s, token, ids polled, status]`` (``at_s`` on the sim's monotonic loop clock).
+  ``[at_s, token, ids polled, status]`` (``at_s``: epoch seconds, the sim's monotonic loop clock moved
+  to the wall clock when read, so requests line up with the bench's own times).
 
 The rate limit is the sim's own token bucket, per bearer token; tokens given with ``--unlimited`` skip it.
 """
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import logging
 import math
+import time
 from typing import Any
 
 from aiohttp import web
@@ -47,7 +49,8 @@ async def add_tasks(request: web.Request) -> web.Response:
 async def read_log(request: web.Request) -> web.Response:
     state = request.app[sim.SIM_STATE]
     since = int(request.query.get("since", "0"))
-    rows = [[e.at_s, e.token, len(e.ids), e.status] for e in state.log[since:]]
+    to_epoch_s = time.time() - asyncio.get_running_loop().time()
+    rows = [[e.at_s + to_epoch_s, e.token, len(e.ids), e.status] for e in state.log[since:]]
     return web.json_response(rows)
 
 

@@ -379,3 +379,14 @@ async def test_a_callback_puts_its_task_ahead_of_a_backlog_of_due_polls(backend:
     assert isinstance(got, Claimed) and sorted(got.ids) == ["cb-due", "cb-held", "cb-later"]
     again = await store.claim("suno", "default", NOW_MS + 3, batch=50, coalesce_ms=0, lease_ms=30_000, rate_rps=1e6)
     assert isinstance(again, Claimed) and again.ids == [f"late-{n}" for n in range(50)]  # then oldest first
+
+
+async def test_a_claim_says_how_long_its_oldest_id_had_been_due(backend: Backend) -> None:
+    store = backend.store()
+    for n, due_ms in enumerate((NOW_MS - 4000, NOW_MS - 1000, NOW_MS + 500)):
+        await store.register(EnqueueRequest("suno", f"t{n}"), NOW_MS - 60_000, deadline_s=600, first_due_ms=due_ms)
+    got = await store.claim("suno", "default", NOW_MS, batch=1, coalesce_ms=0, lease_ms=30_000, rate_rps=1e6)
+    assert isinstance(got, Claimed) and got.ids == ["t0"] and got.late_ms == 4000
+    # t2 tops the batch up from the coalesce window: the oldest id taken says how late the claim is
+    got = await store.claim("suno", "default", NOW_MS + 10, batch=2, coalesce_ms=1000, lease_ms=30_000, rate_rps=1e6)
+    assert isinstance(got, Claimed) and got.ids == ["t1", "t2"] and got.late_ms == 1010

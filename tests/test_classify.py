@@ -18,12 +18,14 @@ from urllib.parse import urlsplit
 import pytest
 
 from worker.cadence import (
+    BACKLOG_FRESH_MS,
     MIN_SKIP_SAMPLES,
     MIN_TARGET_SAMPLES,
     STAGE_CLIP_DONE,
     STAGE_QUEUED,
     STAGE_RUNNING,
     STAGE_STREAMING,
+    Pace,
     Policy,
     advance_marks,
     backoff_s,
@@ -672,6 +674,27 @@ def test_a_task_with_a_clip_done_is_polled_twice_as_often_on_the_half_grid() -> 
     assert late.next_poll_ms == NOW_MS + 3000  # not 0.6 s after a poll that ran late
     overdue = run(wire(OK, RUNNING), now_ms=NOW_MS + 200, stage=STAGE_CLIP_DONE, usual_s=1.0)
     assert overdue.next_poll_ms is not None and overdue.next_poll_ms >= NOW_MS + 3000  # past usual: growth as ever
+
+
+def test_behind_a_backlog_a_finishing_task_is_placed_ahead_and_the_others_take_the_wait() -> None:
+    # claims run 4 s behind their queue: the task with a clip done keeps its place 1.5 s from the
+    # backlog's head; a running task keeps its due time and waits in line
+    finishing = run(wire(OK, RUNNING), now_ms=NOW_MS + 200, stage=STAGE_CLIP_DONE, backlog_ms=4000)
+    assert finishing.next_poll_ms == NOW_MS + 1500 - 4000
+    running = run(wire(RUNNING), now_ms=NOW_MS + 200, stage=STAGE_STREAMING, backlog_ms=4000)
+    assert running.next_poll_ms == run(wire(RUNNING), now_ms=NOW_MS + 200, stage=STAGE_STREAMING).next_poll_ms
+    overdue = run(wire(OK, RUNNING), now_ms=NOW_MS + 200, stage=STAGE_CLIP_DONE, usual_s=1.0, backlog_ms=4000)
+    assert overdue.next_poll_ms is not None and overdue.next_poll_ms >= NOW_MS + 3000  # not finishing soon
+
+
+def test_a_claims_lateness_counts_as_a_backlog_only_while_it_is_fresh() -> None:
+    pace = Pace(3.0)
+    assert pace.backlog_ms("suno", "default", NOW_MS) == 0
+    pace.note_claim("suno", "default", 4000, NOW_MS)
+    assert pace.backlog_ms("suno", "default", NOW_MS + BACKLOG_FRESH_MS) == 4000
+    assert pace.backlog_ms("producer", "default", NOW_MS) == 0  # per queue
+    assert pace.backlog_ms("suno", "default", NOW_MS + BACKLOG_FRESH_MS + 1) == 0  # no claim since: none
+    assert pace.backlog_ms("suno", "default", NOW_MS - 1) == 0  # the clock stepped back
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,9 @@ P95_TAIL = 0.05
 MIN_TARGET_SAMPLES = 20
 #: a targeted interval is a whole number of this fraction of ``poll_s`` (``with_target``)
 TARGET_STEPS = 6
+#: a claim's lateness (``Pace.note_claim``) older than this is not a backlog any more: the queue
+#: was not claimed since, so it cannot be behind
+BACKLOG_FRESH_MS = 5000
 #: polls space out only while polling every task every ``poll_s`` would spend more than this share
 #: of the rate budget, and only as far as it takes to fit: within the budget, polls fill batches
 #: that carry the callbacks' confirmations along and find a lost callback's task within ``poll_s``
@@ -74,6 +77,17 @@ class Pace:
     #: a coalesce window set by hand (``ACETRACK_COALESCE_S``): then it does not follow the interval
     fixed_coalesce_s: float | None = None
     interval_s: dict[str, float] = field(default_factory=dict)
+    #: per (service, token) queue: how late its last claim found its oldest id, and when (ms)
+    late_ms: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+
+    def note_claim(self, service: str, token: str, late_ms: int, now_ms: int) -> None:
+        """A claim of the queue took ids that had been due ``late_ms`` (``Claimed.late_ms``)."""
+        self.late_ms[(service, token)] = (late_ms, now_ms)
+
+    def backlog_ms(self, service: str, token: str, now_ms: int) -> int:
+        """How far the queue's claims run behind (0 unless its last claim is recent and was late)."""
+        late_ms, at_ms = self.late_ms.get((service, token), (0, 0))
+        return late_ms if 0 <= now_ms - at_ms <= BACKLOG_FRESH_MS else 0
 
     def coalesce_ms(self, service: str) -> int:
         """How soon an id of ``service`` may fall due and still join a claimed batch."""
@@ -127,18 +141,28 @@ def schedule_ms(
     stage: int,
     rng: Rng = random.random,
     min_delay_s: float = 0.0,
+    backlog_ms: int = 0,
 ) -> int:
     """When to poll a still-pending task next (epoch ms): ``next_poll_delay_s`` (at least
     ``min_delay_s``), sped up for a task with a clip done, moved back onto the grid, never past the
-    deadline."""
+    deadline.
+
+    ``backlog_ms``: how far the queue's claims run behind (the rate budget is short; they take due
+    ids oldest first). A task about to finish is placed that much earlier, so it is polled about
+    when it should be, ahead of the polls of tasks that are not close to finishing, which take the
+    wait: those are the polls least likely to find a finish.
+    """
     age_s = (now_ms - enqueued_ms) / 1000
     delay_s = max(next_poll_delay_s(age_s, usual_s, policy, rng, earliest_s=earliest_s), min_delay_s)
-    if stage == STAGE_CLIP_DONE and age_s < usual_s:
+    finishing = stage == STAGE_CLIP_DONE and age_s < usual_s
+    if finishing:
         # part of the output is done: the rest usually follows within seconds
         delay_s = min(delay_s, policy.poll_s / FINISHING_SPEEDUP)
     grid_ms = int(grid_s(policy.poll_s) * 1000)
     # at least half a grid step on: a poll that ran late is not repeated at once
     next_ms = on_grid_ms(now_ms + int(delay_s * 1000), grid_ms, now_ms + grid_ms // 2)
+    if finishing:
+        next_ms -= backlog_ms
     return min(next_ms, deadline_at_ms)
 
 

@@ -63,6 +63,9 @@ class Cadence:
     claim_idle_ms: int = int(CLAIM_UNSUBSCRIBED_IDLE_S * 1000)
     #: the coalesce window per service (``cadence.Pace.coalesce_ms``); None: ``coalesce_ms`` for all
     coalesce_for: Callable[[str], int] | None = None
+    #: told how late each claim's oldest id was (``cadence.Pace.note_claim``): the poller places
+    #: finishing tasks ahead of a backlog
+    note_claim: Callable[[str, str, int, int], None] | None = None
 
     @staticmethod
     def idle_ms_for(first_poll_s: float) -> int:
@@ -203,6 +206,8 @@ class ClaimLoop:
                 return
             plan.ceded, planned_ms = False, 0
             self.claims += 1
+            if self.cadence.note_claim is not None:
+                self.cadence.note_claim(*queue, got.late_ms, now_ms)
             await self.queue.poll(*queue, got)
             if got.next_ms != 0:  # no claim can take more now: the claim said when one can
                 plan.settle(now_ms, got.next_ms, idle_ms, due=True)

@@ -286,12 +286,14 @@ def decide(
     misses: int = 0,
     earliest_lifetime_s: float = 0.0,
     stage: int = STAGE_QUEUED,
+    backlog_ms: int = 0,
 ) -> Decision:
     """Everything one poll of one task leads to, including the deadline and not-found rules.
 
     ``seen``: the upstream has answered for this id before; then a miss never means not found.
     ``misses``: answers in a row that left the id out before this one.
     ``stage``: how far the upstream says the task is (``observed_stage``).
+    ``backlog_ms``: how far the queue's claims run behind (``schedule_ms``).
     """
     if task is None:
         decision = _missing(record, now_ms, missing_since_ms, policy, seen, misses)
@@ -314,6 +316,7 @@ def decide(
             stage=stage,
             rng=rng,
             min_delay_s=policy.not_found_grace_s / MIN_MISSES if unknown else 0.0,
+            backlog_ms=backlog_ms,
         )
     return decision
 

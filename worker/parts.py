@@ -79,6 +79,7 @@ def cadence_for(s: Settings, pace: Pace | None = None) -> Cadence:
         # the grid's step unless set: ids due at the next grid point join this batch
         coalesce_ms=int((grid_s(s.poll_s) if s.coalesce_s is None else s.coalesce_s) * 1000),
         coalesce_for=None if pace is None else pace.coalesce_ms,
+        note_claim=None if pace is None else pace.note_claim,
         lease_ms=int(s.lease_s * 1000),
         rate_limit_rps=s.rate_limit_rps,
         deadline_s=s.deadline_s,

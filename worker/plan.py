@@ -35,6 +35,8 @@ class PlanContext:
     destinations: Mapping[str, Sequence[str]] = field(default_factory=dict)
     #: event types a task's own ``callback_url`` hears
     callback_events: frozenset[str] = frozenset()
+    #: how far the queue's claims run behind (``cadence.schedule_ms``)
+    backlog_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ def _plan_task(
         misses=task.misses,
         rng=ctx.rng,
         stage=stage,
+        backlog_ms=ctx.backlog_ms,
     )
     _add_change(plan, task, decision, marks, answer, ctx)
 
@@ -149,6 +152,7 @@ def _repeat(
         earliest_s=ctx.lifetimes.earliest_for(marks),
         stage=stage,
         rng=ctx.rng,
+        backlog_ms=ctx.backlog_ms,
     )
     attempts = (task.attempts or 0) + 1
     return task_id, next_ms, next_sched(task, attempts, ctx.now_ms, None, marks, answer)

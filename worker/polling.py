@@ -132,12 +132,12 @@ class Poller:
     ) -> int:
         """Decide every pending task from what the upstream said and write the outcomes back at once
         (the request went through, so the service's past failures are forgotten in that write)."""
-        ctx = await self._context(service)
+        ctx = await self._context(service, token)
         plan = plan_batch(pending, found, ctx)
         metrics.OBSERVATIONS.labels(service).inc(len(pending))
         return await self._write(service, token, plan, claim_id, ctx.now_ms, answered=True)
 
-    async def _context(self, service: str) -> PlanContext:
+    async def _context(self, service: str, token: str) -> PlanContext:
         now_ms = self.clock()
         lifetimes = await self._lifetimes(service, now_ms)
         policy = cadence.with_target(self.policy, self.target_p95_s, lifetimes.late_ratio_p95)
@@ -145,7 +145,8 @@ class Poller:
             self.pace.interval_s[service] = policy.poll_s
         demand = cadence.polling_demand(lifetimes.pending, policy, self.batch_size, self.rate_limit_rps)
         policy = cadence.with_callbacks(policy, lifetimes.callback_share, demand)
-        return PlanContext(now_ms, policy, lifetimes, self.rng, self.destinations, self.callback_events)
+        backlog_ms = 0 if self.pace is None else self.pace.backlog_ms(service, token, now_ms)
+        return PlanContext(now_ms, policy, lifetimes, self.rng, self.destinations, self.callback_events, backlog_ms)
 
     async def _lifetimes(self, service: str, now_ms: int) -> cadence.Lifetimes:
         # a batch every few ms need not re-read and re-sort 200 samples (a Redis round trip and ~1 ms of
@@ -235,7 +236,7 @@ class Poller:
         self, pending: Mapping[str, PendingTask], reason: Reason, error: UpstreamRejected | ConfigError
     ) -> int:
         first = next(iter(pending.values())).record  # decoded above already
-        ctx = await self._context(first.service)
+        ctx = await self._context(first.service, first.token)
         code = (error.code or str(error.status)) if isinstance(error, UpstreamRejected) else "unknown_token"
         plan = plan_failure(pending, reason, {"code": code, "message": str(error)}, ctx)
         finished = await self._write(first.service, first.token, plan, "", ctx.now_ms)

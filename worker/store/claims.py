@@ -40,6 +40,8 @@ class Claimed(NamedTuple):
     next_ms: int = 0
     #: the still-pending ones among ``ids`` as read in the claim (None: not read)
     pending: dict[str, PendingTask] | None = None
+    #: how long the oldest id taken had been due (ms): how far claims of the queue run behind
+    late_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,7 @@ class ClaimOps(StoreBase):
         if int(reply[0]) == 0:
             return Wait(int(reply[1]), reply[2])
         ids: list[str] = reply[2]
-        return Claimed(claim_id, ids, int(reply[1]), pending_rows(ids, reply[3]))
+        return Claimed(claim_id, ids, int(reply[1]), pending_rows(ids, reply[3]), int(reply[4]))
 
     async def spend(self, token: str, now_ms: int, rate_rps: float) -> int:
         """Spend one extra request of the token's budget; 0 when spent, else ms to wait."""

@@ -91,6 +91,13 @@ def _contender_options(parser: argparse.ArgumentParser) -> None:
         help="a checkout of an earlier acetrack (git worktree): contenders baseline-Nw run its worker in the same "
         "run, for before/after figures that do not depend on how busy the machine is",
     )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="N tasks of the same lifetimes that each acetrack contender tracks to the end before the measured "
+        "workload starts (not measured): what a running deployment has learned when a burst comes",
+    )
     parser.add_argument("--sdk-sample", type=int, default=200, help="tasks tracked by sdk-unlimited")
     parser.add_argument("--tail-s", type=float, default=240.0, help="unscaled seconds after the last finish to wait")
     parser.add_argument("--idle-s", type=float, default=10.0, help="real seconds of idle-CPU measurement")

@@ -18,7 +18,8 @@ from bench import procs
 from bench.acetrack_side import AcetrackSide
 from bench.metrics import ContenderRun
 from bench.sdk_side import SdkSide, sdk_sample
-from bench.workload import SERVICE, TaskSpec, Workload
+from bench.workload import SERVICE, TaskSpec, Workload, generate
+from worker.models import TaskState
 
 SAMPLE_EVERY_S = 0.5
 
@@ -99,7 +100,10 @@ async def _measure(
     acetracks: list[AcetrackSide],
     sdks: list[SdkSide],
 ) -> dict[str, Any]:
-    """One phase: idle CPU, then the workload's arrivals, then every contender's verdicts."""
+    """One phase: a warm-up (``--warmup``), idle CPU, then the workload's arrivals, then every
+    contender's verdicts."""
+    if args.warmup:
+        await warm_up(args, scale, sim_url, acetracks)
     idle_rates = await _idle(acetracks, args.idle_s)
     for sdk_side in sdks:
         sdk_side.ready()
@@ -122,6 +126,7 @@ async def _measure(
     return {
         "runs": runs,
         "created": created,
+        "t0": t0,
         "end": end,
         "started_at": datetime.fromtimestamp(t0, UTC).isoformat(timespec="seconds"),
         "wall_s": round(end - t0, 1),
@@ -133,6 +138,23 @@ async def _measure(
         },
         "profiles": profiles,
     }
+
+
+async def warm_up(args: argparse.Namespace, scale: float, sim_url: str, acetracks: list[AcetrackSide]) -> None:
+    """``--warmup N``: N tasks of the workload's lifetimes (other ids), all at once, tracked by every
+    acetrack contender until each has finished them: the lifetimes a running deployment has learned
+    before a burst comes. Their requests come before the phase starts and are not counted."""
+    warm = generate(args.warmup, args.seed, 1.0, args.shape, kind="-warmup")
+    await feed(warm, scale, time.time(), sim_url, acetracks, {})
+    longest_s = max(t.run_s + t.clip_gap_s for t in warm.tasks)
+    deadline = time.time() + (longest_s + 120.0) * scale  # + the not-found grace of the unknown ids
+    pending_key = acetracks[0].store.index_key(SERVICE, TaskState.PENDING) if acetracks else ""
+    while acetracks and time.time() < deadline:
+        if not any([await side.client.zcard(pending_key) for side in acetracks]):
+            break
+        await asyncio.sleep(1.0)
+    for side in acetracks:
+        side.enqueued.clear()  # the measured workload's arrivals only
 
 
 async def _idle(acetracks: list[AcetrackSide], idle_s: float) -> list[float]:

@@ -147,10 +147,11 @@ def _run_time(rng: random.Random, p: Params, shape: str) -> float:
     return min(MAX_RUN_S, max(MIN_RUN_S, run))
 
 
-def generate(n: int, seed: int, arrival_s: float, shape: str = "lognormal") -> Workload:
-    """N tasks arriving uniformly at random (a Poisson process given N) over ``arrival_s`` seconds."""
+def generate(n: int, seed: int, arrival_s: float, shape: str = "lognormal", kind: str = "") -> Workload:
+    """N tasks arriving uniformly at random (a Poisson process given N) over ``arrival_s`` seconds.
+    ``kind``: other tasks of the same lifetimes (the seed's), with their own ids and draws (a warm-up)."""
     params, form = Params.from_seed(seed), SHAPES[shape]
-    rng = random.Random(f"tasks:{seed}")
+    rng = random.Random(f"tasks{kind}:{seed}")
     shares = (form.error_share, form.partial_share, form.unknown_share)
     n_error, n_partial, n_unknown = (max(1, round(n * share)) for share in shares)
     scripts = ["error"] * n_error + ["partial"] * n_partial + ["unknown"] * n_unknown
@@ -163,7 +164,7 @@ def generate(n: int, seed: int, arrival_s: float, shape: str = "lognormal") -> W
         if script == "error":
             run = max(5.0, run * rng.uniform(*form.error_at))  # failures often come early
         gap = min(MAX_GAP_S, max(MIN_GAP_S, rng.gammavariate(2.0, params.mean_gap_s / 2.0)))
-        tasks.append(TaskSpec(f"bench-{seed}-{i:05d}-{rng.getrandbits(32):08x}", script, arrive, run, gap))
+        tasks.append(TaskSpec(f"bench{kind}-{seed}-{i:05d}-{rng.getrandbits(32):08x}", script, arrive, run, gap))
     return Workload(seed, params, arrival_s, tasks, shape)
 
 

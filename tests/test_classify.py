@@ -689,10 +689,13 @@ def test_an_overdue_task_is_sped_up_for_a_while_after_a_clip_is_done() -> None:
 
 
 def test_behind_a_backlog_a_finishing_task_is_placed_ahead_and_the_others_take_the_wait() -> None:
-    # claims run 4 s behind their queue: the task with a clip done keeps its place 1.5 s from the
-    # backlog's head; a running task keeps its due time and waits in line
+    # claims run 4 s behind their queue: the task with a clip done keeps its place about 1.5 s from
+    # the backlog's head, on the 1.5 s grid; a running task keeps its due time and waits in line
     finishing = run(wire(OK, RUNNING), now_ms=NOW_MS + 200, stage=STAGE_CLIP_DONE, backlog_ms=4000)
-    assert finishing.next_poll_ms == NOW_MS + 1500 - 4000
+    assert finishing.next_poll_ms == NOW_MS + 1500 - 3000
+    # a claim a few ms late is no backlog
+    on_time = run(wire(OK, RUNNING), now_ms=NOW_MS + 200, stage=STAGE_CLIP_DONE, backlog_ms=1400)
+    assert on_time.next_poll_ms == NOW_MS + 1500
     running = run(wire(RUNNING), now_ms=NOW_MS + 200, stage=STAGE_STREAMING, backlog_ms=4000)
     assert running.next_poll_ms == run(wire(RUNNING), now_ms=NOW_MS + 200, stage=STAGE_STREAMING).next_poll_ms
     overdue = run(wire(OK, RUNNING), now_ms=NOW_MS + 200, stage=STAGE_CLIP_DONE, usual_s=1.0, backlog_ms=4000)

@@ -153,10 +153,10 @@ def schedule_ms(
     deadline.
 
     ``backlog_ms``: how far the queue's claims run behind (the rate budget is short; they take due
-    ids oldest first). A task about to finish is placed that much earlier, so it is polled about
-    when it should be, ahead of the polls of tasks that are not close to finishing, which take the
-    wait: those are the polls least likely to find a finish. ``clip_done_age_s``: the task's age when
-    a clip was first seen done (``clip_done_age_s``).
+    ids oldest first). A task about to finish is placed that much earlier (in whole grid steps), so
+    it is polled about when it should be, ahead of the polls of tasks that are not close to
+    finishing, which take the wait: those are the polls least likely to find a finish.
+    ``clip_done_age_s``: the task's age when a clip was first seen done (``clip_done_age_s``).
     """
     age_s = (now_ms - enqueued_ms) / 1000
     delay_s = max(next_poll_delay_s(age_s, usual_s, policy, rng, earliest_s=earliest_s), min_delay_s)
@@ -169,7 +169,9 @@ def schedule_ms(
     # at least half a grid step on: a poll that ran late is not repeated at once
     next_ms = on_grid_ms(now_ms + int(delay_s * 1000), grid_ms, now_ms + grid_ms // 2)
     if finishing:
-        next_ms -= backlog_ms
+        # whole grid steps: a claim a few ms late is no backlog, and a poll moved off the grid would
+        # fall due on its own, a few ms before the batch it belongs in
+        next_ms -= backlog_ms - backlog_ms % grid_ms
     return min(next_ms, deadline_at_ms)
 
 

@@ -19,7 +19,6 @@ import pytest
 
 from worker.cadence import (
     BACKLOG_FRESH_MS,
-    FINISHING_WINDOW_POLLS,
     MIN_SKIP_SAMPLES,
     MIN_TARGET_SAMPLES,
     STAGE_CLIP_DONE,
@@ -675,17 +674,6 @@ def test_a_task_with_a_clip_done_is_polled_twice_as_often_on_the_half_grid() -> 
     assert late.next_poll_ms == NOW_MS + 3000  # not 0.6 s after a poll that ran late
     overdue = run(wire(OK, RUNNING), now_ms=NOW_MS + 200, stage=STAGE_CLIP_DONE, usual_s=1.0)
     assert overdue.next_poll_ms is not None and overdue.next_poll_ms >= NOW_MS + 3000  # past usual: growth as ever
-
-
-def test_an_overdue_task_is_sped_up_for_a_while_after_a_clip_is_done() -> None:
-    # older than its service's learned usual lifetime (which may be short of the truth, early in a
-    # burst): its clip was seen done a poll ago, so the rest is likely seconds away
-    fresh = run(wire(OK, RUNNING), now_ms=NOW_MS + 200, stage=STAGE_CLIP_DONE, usual_s=1.0, clip_done_age_s=7.4)
-    assert fresh.next_poll_ms == NOW_MS + 1500  # age 10.2 s, the clip seen done at 7.4 s
-    # done longer ago than FINISHING_WINDOW_POLLS intervals: stuck, perhaps; growth as ever
-    later_ms = NOW_MS + 200 + int(FINISHING_WINDOW_POLLS * POLICY.poll_s * 1000)
-    stale = run(wire(OK, RUNNING), now_ms=later_ms, stage=STAGE_CLIP_DONE, usual_s=1.0, clip_done_age_s=7.4)
-    assert stale.next_poll_ms is not None and stale.next_poll_ms >= later_ms + 3000
 
 
 def test_behind_a_backlog_a_finishing_task_is_placed_ahead_and_the_others_take_the_wait() -> None:

@@ -32,10 +32,6 @@ STAGES = (STAGE_QUEUED, STAGE_RUNNING, STAGE_STREAMING, STAGE_CLIP_DONE)
 Rng = Callable[[], float]
 #: a task with part of its output done is polled this many times as often (until the usual lifetime)
 FINISHING_SPEEDUP = 2
-#: ... and, however old it is, for this many intervals after a clip was first seen done: the rest
-#: usually follows within seconds, and a learned usual lifetime can fall short of the truth (early in
-#: a burst, only the shortest tasks have finished)
-FINISHING_WINDOW_POLLS = 10
 #: lowest share of finished tasks a learned "earliest" may leave behind (they are found late)
 EARLY_QUANTILE = 0.01
 #: a stage's lifetime ratio: the share of tasks that finished faster than it predicts
@@ -146,7 +142,6 @@ def schedule_ms(
     rng: Rng = random.random,
     min_delay_s: float = 0.0,
     backlog_ms: int = 0,
-    clip_done_age_s: float | None = None,
 ) -> int:
     """When to poll a still-pending task next (epoch ms): ``next_poll_delay_s`` (at least
     ``min_delay_s``), sped up for a task with a clip done, moved back onto the grid, never past the
@@ -156,12 +151,10 @@ def schedule_ms(
     ids oldest first). A task about to finish is placed that much earlier (in whole grid steps), so
     it is polled about when it should be, ahead of the polls of tasks that are not close to
     finishing, which take the wait: those are the polls least likely to find a finish.
-    ``clip_done_age_s``: the task's age when a clip was first seen done (``clip_done_age_s``).
     """
     age_s = (now_ms - enqueued_ms) / 1000
     delay_s = max(next_poll_delay_s(age_s, usual_s, policy, rng, earliest_s=earliest_s), min_delay_s)
-    just_done = clip_done_age_s is not None and age_s - clip_done_age_s <= FINISHING_WINDOW_POLLS * policy.poll_s
-    finishing = stage == STAGE_CLIP_DONE and (age_s < usual_s or just_done)
+    finishing = stage == STAGE_CLIP_DONE and age_s < usual_s
     if finishing:
         # part of the output is done: the rest usually follows within seconds
         delay_s = min(delay_s, policy.poll_s / FINISHING_SPEEDUP)
@@ -180,12 +173,6 @@ def grid_s(poll_s: float) -> float:
     tasks polled every ``poll_s`` and finishing ones share grid points. A claim that takes ids due
     within one step (``ACETRACK_COALESCE_S``'s default) fills its batch from the next point too."""
     return poll_s / FINISHING_SPEEDUP
-
-
-def clip_done_age_s(marks: Sequence[Mark | None]) -> float | None:
-    """The task's age (s) at the poll that first saw a clip done (``advance_marks``); None: none yet."""
-    mark = marks[STAGE_CLIP_DONE] if len(marks) > STAGE_CLIP_DONE else None
-    return None if mark is None else mark[1] / 1000
 
 
 def reached_stage(marks: Sequence[Mark | None]) -> int:

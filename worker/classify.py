@@ -287,14 +287,13 @@ def decide(
     earliest_lifetime_s: float = 0.0,
     stage: int = STAGE_QUEUED,
     backlog_ms: int = 0,
-    clip_done_age_s: float | None = None,
 ) -> Decision:
     """Everything one poll of one task leads to, including the deadline and not-found rules.
 
     ``seen``: the upstream has answered for this id before; then a miss never means not found.
     ``misses``: answers in a row that left the id out before this one.
     ``stage``: how far the upstream says the task is (``observed_stage``).
-    ``backlog_ms``, ``clip_done_age_s``: see ``schedule_ms``.
+    ``backlog_ms``: how far the queue's claims run behind (``schedule_ms``).
     """
     if task is None:
         decision = _missing(record, now_ms, missing_since_ms, policy, seen, misses)
@@ -318,7 +317,6 @@ def decide(
             rng=rng,
             min_delay_s=policy.not_found_grace_s / MIN_MISSES if unknown else 0.0,
             backlog_ms=backlog_ms,
-            clip_done_age_s=clip_done_age_s,
         )
     return decision
 

@@ -134,7 +134,6 @@ def _plan_task(
         rng=ctx.rng,
         stage=stage,
         backlog_ms=ctx.backlog_ms,
-        clip_done_age_s=cadence.clip_done_age_s(marks),
     )
     _add_change(plan, task, decision, marks, answer, ctx)
 
@@ -154,7 +153,6 @@ def _repeat(
         stage=stage,
         rng=ctx.rng,
         backlog_ms=ctx.backlog_ms,
-        clip_done_age_s=cadence.clip_done_age_s(marks),
     )
     attempts = (task.attempts or 0) + 1
     return task_id, next_ms, next_sched(task, attempts, ctx.now_ms, None, marks, answer)

@@ -269,9 +269,9 @@ class AcetrackSide:
         self, workload: Workload, cpu_by_worker_s: list[float], wall_s: float, idle: float
     ) -> ContenderRun:
         """What this contender did, for the report: its verdicts, CPU, memory and Redis's own figures."""
+        redis_cpu_s = await self.redis_cpu_s() - self.redis_cpu_start_s  # before reading the events back
         verdicts, event_counts = await self.verdicts()
         claims = sorted(int(w.get("claims", 0)) for w in await self.store.workers())
-        redis_cpu_s = await self.redis_cpu_s() - self.redis_cpu_start_s
         commands = await self.client.info("commandstats")
         return ContenderRun(
             self.name,

@@ -30,7 +30,7 @@ class FanOut:
         self.received = 0
         #: per target URL: how long each forwarded callback took to be answered (ms), and the statuses
         self.answers_ms: dict[str, list[float]] = {}
-        self.statuses: dict[str, dict[int, int]] = {}
+        self.statuses: dict[str, dict[str, int]] = {}
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.url = ""
@@ -52,12 +52,20 @@ class FanOut:
 
     async def _forward(self, url: str, body: bytes) -> None:
         assert self._session is not None
-        started = time.perf_counter()
-        async with self._session.post(url, data=body, headers={"content-type": "application/json"}) as resp:
-            await resp.read()
-        self.answers_ms.setdefault(url, []).append((time.perf_counter() - started) * 1000)
-        counts = self.statuses.setdefault(url, {})
-        counts[resp.status] = counts.get(resp.status, 0) + 1
+        started, status = time.perf_counter(), "error"  # no answer at all (refused, timed out) counts too
+        try:
+            async with self._session.post(url, data=body, headers={"content-type": "application/json"}) as resp:
+                await resp.read()
+                status = str(resp.status)
+        finally:
+            self.answers_ms.setdefault(url, []).append((time.perf_counter() - started) * 1000)
+            counts = self.statuses.setdefault(url, {})
+            counts[status] = counts.get(status, 0) + 1
+
+    def reset(self) -> None:
+        """Forget the answers so far (a warm-up's): the figures are the measured workload's."""
+        self.answers_ms.clear()
+        self.statuses.clear()
 
     def answer_stats(self, url: str) -> dict[str, Any]:
         """How ``url`` answered its callbacks: count, statuses, p50/p99/max ms (real time: the route's
@@ -67,7 +75,7 @@ class FanOut:
             return {"n": 0}
         return {
             "n": len(times),
-            "statuses": {str(k): v for k, v in sorted(self.statuses.get(url, {}).items())},
+            "statuses": dict(sorted(self.statuses.get(url, {}).items())),
             "p50_ms": round(percentile(times, 50), 1),
             "p99_ms": round(percentile(times, 99), 1),
             "max_ms": round(times[-1], 1),

@@ -41,7 +41,7 @@ async def run_phase(
         await start_contenders(args, names, workload, scale, sim_url, tmp, acetracks, sdks)
         if fan is not None:
             fan.targets = [url for side in acetracks if (url := side.callback_url)]
-        phase = await _measure(args, workload, scale, sim, sim_url, acetracks, sdks)
+        phase = await _measure(args, workload, scale, sim, sim_url, acetracks, sdks, fan)
         phase["contenders"] = names
         if fan is not None:
             urls = {side.name: side.callback_url for side in acetracks}
@@ -99,11 +99,14 @@ async def _measure(
     sim_url: str,
     acetracks: list[AcetrackSide],
     sdks: list[SdkSide],
+    fan: bench_callbacks.FanOut | None,
 ) -> dict[str, Any]:
     """One phase: a warm-up (``--warmup``), idle CPU, then the workload's arrivals, then every
     contender's verdicts."""
     if args.warmup:
         await warm_up(args, scale, sim_url, acetracks)
+    if fan is not None:
+        fan.reset()
     idle_rates = await _idle(acetracks, args.idle_s)
     for sdk_side in sdks:
         sdk_side.ready()
@@ -149,9 +152,10 @@ async def warm_up(args: argparse.Namespace, scale: float, sim_url: str, acetrack
     longest_s = max(t.run_s + t.clip_gap_s for t in warm.tasks)
     deadline = time.time() + (longest_s + 120.0) * scale  # + the not-found grace of the unknown ids
     pending_key = acetracks[0].store.index_key(SERVICE, TaskState.PENDING) if acetracks else ""
-    while acetracks and time.time() < deadline:
-        if not any([await side.client.zcard(pending_key) for side in acetracks]):
-            break
+    while acetracks and (left := [await side.client.zcard(pending_key) for side in acetracks]) and any(left):
+        if time.time() > deadline:
+            # their polls would fall inside the measured window and distort every figure
+            raise SystemExit(f"bench: the warm-up did not finish in time ({left} pending); measure without it")
         await asyncio.sleep(1.0)
     for side in acetracks:
         side.enqueued.clear()  # the measured workload's arrivals only

@@ -105,8 +105,8 @@ def _metrics(
     """Every contender's figures, phase by phase; takes each phase's runs and arrival times out of ``done``."""
     metrics = []
     for number, phase in enumerate(done, start=1):
-        # a warm-up's requests (``--warmup``) came before the phase began
-        mine = [r for r in rows if r[0] >= phase["t0"] - 1.0]
+        # this phase's requests only: a warm-up's (``--warmup``) came before it began
+        mine = [r for r in rows if phase["t0"] - 1.0 <= r[0] <= phase["end"] + 1.0]
         for contender in phase.pop("runs"):
             m = contender_metrics(contender, workload, phase["created"], mine, args.scale, phase["end"])
             m["phase"] = number

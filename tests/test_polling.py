@@ -271,3 +271,23 @@ async def test_a_latency_target_moves_the_interval_and_the_claims_coalesce_windo
     assert await next_poll_in_ms("aimed", 2.0, pace) > 1900  # 4 s, moved back onto a grid of 2 s
     assert pace.coalesce_ms("suno") == 2000 and pace.coalesce_ms("producer") == 500  # per service
     assert Pace(1.0, fixed_coalesce_s=0.3).coalesce_ms("suno") == 300  # set by hand: it stays
+
+
+async def test_behind_a_backlog_the_poll_of_a_finishing_task_is_placed_ahead(
+    backend: Backend, make_sim: MakeSim, session: aiohttp.ClientSession
+) -> None:
+    # the claim loop told the worker's Pace its last claim of the queue ran 3 s late
+    url, state = await make_sim(auto=False)
+    state.add_task("suno", "fin", script="succeed", run_s=0.0, clip_gap_s=600.0)  # one clip done at once
+    state.add_task("suno", "run", script="succeed", run_s=600.0)  # nothing done
+    store = backend.store()
+    claim_id = await claimed(store, "suno", ["fin", "run"])
+    pace = Pace(1.0)
+    pace.note_claim("suno", "default", 3000, system_clock())
+    poller = make_poller(store, session, url)
+    poller.pace = pace
+    before_ms = system_clock()
+    assert await poller.poll_batch("suno", "default", claim_id, ["fin", "run"]) == 0
+    due = dict(await backend.redis.zrange(store.due_key("suno", "default"), 0, -1, withscores=True))
+    assert due["fin"] < before_ms - 2000  # its 0.5 s interval counted from the backlog's head
+    assert due["run"] >= before_ms  # the running task takes the wait

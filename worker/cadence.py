@@ -46,8 +46,8 @@ P95_TAIL = 0.05
 MIN_TARGET_SAMPLES = 20
 #: a targeted interval is a whole number of this fraction of ``poll_s`` (``with_target``)
 TARGET_STEPS = 6
-#: a claim's lateness (``Pace.note_claim``) older than this is not a backlog any more: the queue
-#: was not claimed since, so it cannot be behind
+#: a claim's lateness (``Pace.note_claim``) older than this is dropped: a queue not claimed since may
+#: be refused (rate, back-off, pause) or idle, and its next claim says how far behind it is
 BACKLOG_FRESH_MS = 5000
 #: polls space out only while polling every task every ``poll_s`` would spend more than this share
 #: of the rate budget, and only as far as it takes to fit: within the budget, polls fill batches
@@ -161,7 +161,7 @@ def schedule_ms(
     grid_ms = int(grid_s(policy.poll_s) * 1000)
     # at least half a grid step on: a poll that ran late is not repeated at once
     next_ms = on_grid_ms(now_ms + int(delay_s * 1000), grid_ms, now_ms + grid_ms // 2)
-    if finishing:
+    if finishing and grid_ms > 0:
         # whole grid steps: a claim a few ms late is no backlog, and a poll moved off the grid would
         # fall due on its own, a few ms before the batch it belongs in
         next_ms -= backlog_ms - backlog_ms % grid_ms

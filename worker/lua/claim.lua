@@ -22,7 +22,9 @@
 -- request now, else the ms until both hold: the next id falls due and the budget allows it (-1: none
 -- left), so the claimer need not ask again to learn it. rows: each claimed id's
 -- pending_row (_rows.lua), so the poll need not read them in a round trip of its own. late_ms: how
--- long the oldest id taken had been due (0: none was late): how far claims run behind their queue.
+-- long the oldest id still due after this batch has been due (0: the batch left none overdue): how far
+-- claims run behind their queue. Not the batch's own oldest: a task a poll placed ahead of the queue
+-- (cadence.schedule_ms) would read as a backlog of its own making once the real one drained.
 local now = tonumber(ARGV[1])
 local paused = redis.call('PTTL', KEYS[3])
 if paused > 0 then return {0, paused, 'paused'} end
@@ -77,10 +79,12 @@ end
 -- and not before the rate budget allows it (a claim it refused would cost one too)
 local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local next_ms = -1
+local late_ms = 0
 if next_due[2] then
   local next_at = tonumber(next_due[2])
+  late_ms = math.max(0, now - next_at)
   next_ms = next_at <= due_by and 0 or math.max(1, next_at - now)
   local rate_ms = new_tat - tonumber(ARGV[7]) - now
   if rate_ms >= 1 then next_ms = math.max(next_ms, math.ceil(rate_ms)) end
 end
-return {1, next_ms, ids, rows, math.max(0, now - first_due)}
+return {1, next_ms, ids, rows, late_ms}

@@ -40,7 +40,8 @@ class Claimed(NamedTuple):
     next_ms: int = 0
     #: the still-pending ones among ``ids`` as read in the claim (None: not read)
     pending: dict[str, PendingTask] | None = None
-    #: how long the oldest id taken had been due (ms): how far claims of the queue run behind
+    #: how long the oldest id still due after this batch has been due (ms; 0: none is): how far claims
+    #: of the queue run behind
     late_ms: int = 0
 
 

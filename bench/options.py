@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.timescale import ACETRACK_TIME_SETTINGS
@@ -34,6 +35,19 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     return args
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no less than ``minimum`` (else a usage error naming it)."""
+
+    def parse(text: str) -> int:
+        value = int(text)  # argparse reports a ValueError as "invalid ... value"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    parse.__name__ = "whole number"  # argparse names the type in its message
+    return parse
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """Every option, in the order ``--help`` lists them."""
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=description)
@@ -45,7 +59,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
 def _workload_options(parser: argparse.ArgumentParser) -> None:
     """The workload, the simulated upstream and the time scale."""
-    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--tasks", type=at_least(1), default=1000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="lognormal", help="lifetime shape (bench.workload)")
     parser.add_argument(
@@ -93,7 +107,7 @@ def _contender_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--warmup",
-        type=int,
+        type=at_least(0),
         default=0,
         help="N tasks of the same lifetimes that each acetrack contender tracks to the end before the measured "
         "workload starts (not measured): what a running deployment has learned when a burst comes",

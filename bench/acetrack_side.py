@@ -155,9 +155,12 @@ class AcetrackSide:
     async def used_memory(self) -> int:
         return int((await self.client.info("memory"))["used_memory"])
 
+    async def pending_count(self) -> int:
+        """The tasks this contender has pending now (its pending index)."""
+        return int(await self.client.zcard(self.store.index_key(SERVICE, TaskState.PENDING)))
+
     async def sample(self, now: float) -> None:
-        pending_key = self.store.index_key(SERVICE, TaskState.PENDING)
-        used, pending = await self.used_memory(), int(await self.client.zcard(pending_key))
+        used, pending = await self.used_memory(), await self.pending_count()
         finished = sum([int(await self.client.zcard(self.store.index_key(SERVICE, s))) for s in TERMINAL_STATES])
         self.pending = pending
         self.samples.append((now, used, pending, finished))

@@ -19,7 +19,6 @@ from bench.acetrack_side import AcetrackSide
 from bench.metrics import ContenderRun
 from bench.sdk_side import SdkSide, sdk_sample
 from bench.workload import SERVICE, TaskSpec, Workload, generate
-from worker.models import TaskState
 
 SAMPLE_EVERY_S = 0.5
 
@@ -151,8 +150,7 @@ async def warm_up(args: argparse.Namespace, scale: float, sim_url: str, acetrack
     await feed(warm, scale, time.time(), sim_url, acetracks, {})
     longest_s = max(t.run_s + t.clip_gap_s for t in warm.tasks)
     deadline = time.time() + (longest_s + 120.0) * scale  # + the not-found grace of the unknown ids
-    pending_key = acetracks[0].store.index_key(SERVICE, TaskState.PENDING) if acetracks else ""
-    while acetracks and (left := [await side.client.zcard(pending_key) for side in acetracks]) and any(left):
+    while any(left := [await side.pending_count() for side in acetracks]):
         if time.time() > deadline:
             # their polls would fall inside the measured window and distort every figure
             raise SystemExit(f"bench: the warm-up did not finish in time ({left} pending); measure without it")

@@ -77,11 +77,11 @@ class Pace:
     #: a coalesce window set by hand (``ACETRACK_COALESCE_S``): then it does not follow the interval
     fixed_coalesce_s: float | None = None
     interval_s: dict[str, float] = field(default_factory=dict)
-    #: per (service, token) queue: how late its last claim found its oldest id, and when (ms)
+    #: per (service, token) queue: how long the ids its last claim left due had waited, and when (ms)
     late_ms: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
     def note_claim(self, service: str, token: str, late_ms: int, now_ms: int) -> None:
-        """A claim of the queue took ids that had been due ``late_ms`` (``Claimed.late_ms``)."""
+        """A claim of the queue left ids that had been due ``late_ms`` (``Claimed.late_ms``)."""
         self.late_ms[(service, token)] = (late_ms, now_ms)
 
     def backlog_ms(self, service: str, token: str, now_ms: int) -> int:

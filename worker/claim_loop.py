@@ -63,8 +63,8 @@ class Cadence:
     claim_idle_ms: int = int(CLAIM_UNSUBSCRIBED_IDLE_S * 1000)
     #: the coalesce window per service (``cadence.Pace.coalesce_ms``); None: ``coalesce_ms`` for all
     coalesce_for: Callable[[str], int] | None = None
-    #: told how late each claim's oldest id was (``cadence.Pace.note_claim``): the poller places
-    #: finishing tasks ahead of a backlog
+    #: told how long the ids each claim left due had waited (``cadence.Pace.note_claim``): the poller
+    #: places finishing tasks ahead of a backlog
     note_claim: Callable[[str, str, int, int], None] | None = None
 
     @staticmethod

@@ -14,16 +14,16 @@
 --       13 the position of polled_ms among the '|'-separated sched fields (store.codecs.SCHED_POLLED)
 -- A task's hash is ARGV[8] .. id: the one key a script builds, since a claim cannot name its ids
 -- before it picks them.
--- Returns {1, next_ms, ids, rows, late_ms} when claimed, else {0, wait_ms, why} (wait_ms -1: nothing is due at
--- all); why: 'paused', 'backoff', 'rate' (the refusals), 'empty', 'later' (no id is due yet), or
+-- Returns {1, next_ms, ids, rows, late_ms} when claimed, else {0, wait_ms, why} (wait_ms -1: nothing
+-- is due at all); why: 'paused', 'backoff', 'rate' (the refusals), 'empty', 'later' (no id is due yet), or
 -- 'taken': none is due, and another worker claimed this queue since the ids due at planned_ms could
 -- be taken (topped up into its batch, coalesce_ms early): it took them, and it plans for this queue.
 -- next_ms: 0 when more ids are due now (the batch is full) and the rate budget allows another
 -- request now, else the ms until both hold: the next id falls due and the budget allows it (-1: none
 -- left), so the claimer need not ask again to learn it. rows: each claimed id's
 -- pending_row (_rows.lua), so the poll need not read them in a round trip of its own. late_ms: how
--- long the oldest id still due after this batch has been due (0: the batch left none overdue): how far
--- claims run behind their queue. Not the batch's own oldest: a task a poll placed ahead of the queue
+-- long the oldest id still due after this batch has been due (0: the batch left none overdue): how
+-- far claims run behind their queue. Not the batch's own oldest: a task a poll placed ahead of the queue
 -- (cadence.schedule_ms) would read as a backlog of its own making once the real one drained.
 local now = tonumber(ARGV[1])
 local paused = redis.call('PTTL', KEYS[3])

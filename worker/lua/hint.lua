@@ -17,12 +17,12 @@ if redis.call('HEXISTS', KEYS[1], 'claim') == 1 then
   redis.call('HSET', KEYS[1], 'hint_ms', ARGV[2])
   return 'in_flight'
 end
-local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not due then return 'finished' end
-local now = tonumber(ARGV[2])
-local first = ahead_of_backlog(KEYS[2], ARGV[1], math.min(tonumber(due), now))
-if first < tonumber(due) then redis.call('ZADD', KEYS[2], 'XX', first, ARGV[1]) end
-if tonumber(due) <= now then return 'due' end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score then return 'finished' end
+local due, now = tonumber(score), tonumber(ARGV[2])
+local first = ahead_of_backlog(KEYS[2], ARGV[1], math.min(due, now))
+if first < due then redis.call('ZADD', KEYS[2], 'XX', first, ARGV[1]) end
+if due <= now then return 'due' end
 -- due sooner than any claim loop plans for: wake the one that claims this queue (register.lua)
 announce(ARGV[3], ARGV[4], ARGV[2])
 return 'hinted'
